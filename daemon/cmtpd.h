@@ -1,0 +1,87 @@
+/* daemon/cmtpd.h — the daemon's glue: process state, per-worker state and CMTP sessions over the
+ * io_uring engine, TLS and the Redis queue. The only module that sees every other one. */
+#ifndef CMTP_DAEMON_CMTPD_H
+#define CMTP_DAEMON_CMTPD_H
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "core/server.h"
+#include "io/engine.h"
+#include "queue/queue.h"
+#include "tls/tls.h"
+
+/* CMTPD_VERSION is the daemon's version string. */
+#define CMTPD_VERSION "0.1.0"
+
+/* CMTPD_RBUF_SIZE is the size of a session's plaintext input buffer, allocated only while the
+ * session has unprocessed input: two full TLS records plus room for a partial command. */
+#define CMTPD_RBUF_SIZE (64 * 1024)
+
+/* CMTPD_DRAIN_TIMEOUT_MS bounds a graceful drain; connections still open then are closed. */
+#define CMTPD_DRAIN_TIMEOUT_MS 30000
+
+/* cmtpd_counters are one worker's event counters (single writer: the worker; read with relaxed
+ * atomics by the admin side). */
+struct cmtpd_counters {
+    _Atomic uint64_t handshakes;        /* TLS handshakes completed */
+    _Atomic uint64_t handshakes_failed; /* handshakes refused or failed */
+    _Atomic uint64_t resumed;           /* of the completed, resumed from a ticket */
+    _Atomic uint64_t sessions;          /* CMTP sessions started (greeting sent) */
+    _Atomic uint64_t accepted;          /* messages accepted (dups included) */
+    _Atomic uint64_t dups;              /* accepted as duplicates of a txid */
+    _Atomic uint64_t tempfails;         /* END answered 451 */
+    _Atomic uint64_t refused;           /* END answered 554 */
+    _Atomic uint64_t body_bytes;        /* body octets received */
+    _Atomic uint64_t timeouts;          /* connections closed by a deadline */
+};
+
+struct cmtpd;
+
+/* cmtpd_worker is the per-worker (per-thread) context: its io worker, its Redis queue, its TLS
+ * context reference and its sessions. Touched only by its own thread, except the counters. */
+struct cmtpd_worker {
+    struct cmtpd *d;
+    struct io_worker *io;
+    struct queue *q;
+    struct tls_ctx *tls; /* this worker's reference; swapped by a posted reload */
+    struct cmtp_server_config srv_cfg;
+    unsigned id;
+    struct cmtpd_sess *sessions; /* intrusive list of live sessions */
+    unsigned n_sessions;
+    bool draining;
+    struct cmtpd_counters ctr;
+};
+
+/* cmtpd is the process: the immutable configuration, the log, the engine and the workers. */
+struct cmtpd {
+    struct cmtp_config *cfg; /* immutable while workers run */
+    struct cmtp_log log;
+    char hostname[CMTP_DOMAIN_MAX + 1];
+    char redis_address[PATH_MAX + 16]; /* "unix:/path" or "host:port" */
+    char node_id[64];
+    pid_t redis_pid; /* embedded redis-server, or 0 */
+    struct tls_ctx *tls;
+    struct io_engine *engine;
+    unsigned n_workers;
+    struct cmtpd_worker *workers[256];
+    _Atomic unsigned workers_ready;
+};
+
+/* cmtpd_conn_ops returns the engine callbacks that run CMTP sessions for |d|. */
+const struct io_conn_ops *cmtpd_conn_ops(void);
+
+/* cmtpd_worker_drain asks every session of |w| to finish at its next command boundary with
+ * `421 shutting-down`. Runs on |w|'s thread (posted by the main thread). */
+void cmtpd_worker_drain(void *w);
+
+/* cmtpd_queue_loop fills |out| with the queue's event-loop binding on io worker |io|. */
+void cmtpd_queue_loop(struct queue_loop *out, struct io_worker *io);
+
+#endif

@@ -1,0 +1,242 @@
+/* tests/unit/test_bench_stls.c — cmtp-bench's no-ALPN TLS 1.3 client (SMTP STARTTLS) against a
+ * real BoringSSL server over memory: handshake and data both ways, name and CA verification,
+ * TLS 1.2 refused, backpressure. Not the SMTP dialogue. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "bench/bench_stls.h"
+#include "tests/unit/helpers/tls_testcerts.h"
+#include "tls/tls.h"
+
+static char dir[TLS_TESTCERTS_DIR_MAX];
+
+static int setup(void **state)
+{
+    (void)state;
+    return tls_testcerts_make(dir, sizeof(dir)) == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    tls_testcerts_remove(dir);
+    return 0;
+}
+
+/* srv is a plain BoringSSL server with memory BIOs and no ALPN callback, like an SMTP server. */
+struct srv {
+    SSL_CTX *ctx;
+    SSL *ssl;
+};
+
+static void srv_new(struct srv *s, int max_version)
+{
+    char p[512];
+    s->ctx = SSL_CTX_new(TLS_method());
+    assert_non_null(s->ctx);
+    assert_true(SSL_CTX_set_max_proto_version(s->ctx, (uint16_t)max_version));
+    assert_true(SSL_CTX_use_certificate_chain_file(
+        s->ctx, tls_testcerts_path(p, sizeof(p), dir, "srv-ed25519.pem")));
+    assert_true(SSL_CTX_use_PrivateKey_file(
+        s->ctx, tls_testcerts_path(p, sizeof(p), dir, "srv-ed25519.key"), SSL_FILETYPE_PEM));
+    s->ssl = SSL_new(s->ctx);
+    assert_non_null(s->ssl);
+    SSL_set_bio(s->ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()));
+    SSL_set_accept_state(s->ssl);
+}
+
+static void srv_free(struct srv *s)
+{
+    SSL_free(s->ssl);
+    SSL_CTX_free(s->ctx);
+}
+
+/* c2s moves the client's pending output into the server; returns octets moved. */
+static size_t c2s(struct bench_stls *c, struct srv *s)
+{
+    struct iovec iov[8];
+    size_t n = bench_stls_out_iov(c, iov, 8), tot = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(BIO_write(SSL_get_rbio(s->ssl), iov[i].iov_base, (int)iov[i].iov_len),
+                         (int)iov[i].iov_len);
+        tot += iov[i].iov_len;
+    }
+    bench_stls_out_consume(c, tot);
+    return tot;
+}
+
+/* s2c moves the server's output into the client; returns what bench_stls_feed said. */
+static enum tls_result s2c(struct srv *s, struct bench_stls *c)
+{
+    uint8_t buf[65536];
+    int n = BIO_read(SSL_get_wbio(s->ssl), buf, sizeof(buf));
+    return bench_stls_feed(c, buf, n > 0 ? (size_t)n : 0);
+}
+
+/* handshake drives both sides; returns the client's final result. */
+static enum tls_result handshake(struct bench_stls *c, struct srv *s)
+{
+    enum tls_result r = bench_stls_feed(c, NULL, 0);
+    for (int i = 0; i < 10 && r == TLS_AGAIN; i++) {
+        c2s(c, s);
+        SSL_do_handshake(s->ssl);
+        r = s2c(s, c);
+    }
+    c2s(c, s);
+    SSL_do_handshake(s->ssl);
+    if (r == TLS_ERROR) {
+        char why[200];
+        bench_stls_error_string(c, why, sizeof(why));
+        print_message("handshake: %s\n", why);
+    }
+    return r;
+}
+
+static struct bench_stls_ctx *ctx_with(const char *ca)
+{
+    char p[512], err[256];
+    struct bench_stls_ctx *c = bench_stls_ctx_new(tls_testcerts_path(p, sizeof(p), dir, ca), err,
+                                                  sizeof(err));
+    assert_non_null(c);
+    return c;
+}
+
+static void test_roundtrip(void **state)
+{
+    (void)state;
+    struct bench_stls_ctx *cx = ctx_with("ca.pem");
+    struct bench_stls *c = bench_stls_new(cx, "mx.example.org");
+    struct srv s;
+    uint8_t buf[256];
+    size_t n = 0, w = 0;
+    const char *msg = "EHLO bench.example\r\n";
+
+    srv_new(&s, TLS1_3_VERSION);
+    assert_non_null(c);
+    assert_int_equal(bench_stls_write(c, (const uint8_t *)"x", 1, &w), TLS_ERROR); /* too early */
+    assert_int_equal(handshake(c, &s), TLS_OK);
+    assert_true(bench_stls_handshake_done(c));
+    /* client -> server */
+    assert_int_equal(bench_stls_write(c, (const uint8_t *)msg, strlen(msg), &w), TLS_OK);
+    assert_int_equal(w, strlen(msg));
+    c2s(c, &s);
+    assert_int_equal(SSL_read(s.ssl, buf, sizeof(buf)), (int)strlen(msg));
+    assert_memory_equal(buf, msg, strlen(msg));
+    /* server -> client (tickets first, then data) */
+    assert_int_equal(SSL_write(s.ssl, "250 ok\r\n", 8), 8);
+    assert_int_equal(s2c(&s, c), TLS_OK);
+    assert_int_equal(bench_stls_read(c, buf, sizeof(buf), &n), TLS_OK);
+    assert_int_equal(n, 8);
+    assert_memory_equal(buf, "250 ok\r\n", 8);
+    assert_int_equal(bench_stls_read(c, buf, sizeof(buf), &n), TLS_AGAIN);
+    /* close_notify */
+    SSL_shutdown(s.ssl);
+    assert_int_equal(s2c(&s, c), TLS_OK);
+    assert_int_equal(bench_stls_read(c, buf, sizeof(buf), &n), TLS_CLOSED);
+    bench_stls_free(c);
+    srv_free(&s);
+    bench_stls_ctx_free(cx);
+}
+
+static void test_backpressure(void **state)
+{
+    (void)state;
+    struct bench_stls_ctx *cx = ctx_with("ca.pem");
+    struct bench_stls *c = bench_stls_new(cx, "mx.example.org");
+    struct srv s;
+    static uint8_t big[256 * 1024], got[256 * 1024];
+    size_t off = 0, rcvd = 0, w;
+    int rounds = 0;
+
+    srv_new(&s, TLS1_3_VERSION);
+    assert_int_equal(handshake(c, &s), TLS_OK);
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (uint8_t)(i * 7);
+    while (off < sizeof(big)) {
+        enum tls_result r = bench_stls_write(c, big + off, sizeof(big) - off, &w);
+        struct iovec iov[16];
+        size_t pend = 0, k = bench_stls_out_iov(c, iov, 16);
+        for (size_t i = 0; i < k; i++)
+            pend += iov[i].iov_len;
+        /* at most one record past the threshold */
+        assert_true(pend <= TLS_OUT_PENDING_MAX + TLS_OUT_SEG_SIZE);
+        off += w;
+        if (r == TLS_AGAIN)
+            rounds++;
+        else
+            assert_int_equal(r, TLS_OK);
+        c2s(c, &s);
+        for (;;) {
+            int n = SSL_read(s.ssl, got + rcvd, (int)(sizeof(got) - rcvd));
+            if (n <= 0)
+                break;
+            rcvd += (size_t)n;
+        }
+    }
+    assert_true(rounds > 0);
+    assert_int_equal(rcvd, sizeof(big));
+    assert_memory_equal(got, big, sizeof(big));
+    bench_stls_free(c);
+    srv_free(&s);
+    bench_stls_ctx_free(cx);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    struct bench_stls_ctx *cx = ctx_with("ca.pem"), *cx2 = ctx_with("ca2.pem");
+    struct bench_stls *c;
+    struct srv s;
+    char why[200];
+    char p[512], err[256];
+
+    /* wrong name */
+    srv_new(&s, TLS1_3_VERSION);
+    c = bench_stls_new(cx, "other.example.org");
+    assert_int_equal(handshake(c, &s), TLS_ERROR);
+    bench_stls_error_string(c, why, sizeof(why));
+    assert_non_null(strstr(why, "certificate"));
+    bench_stls_free(c);
+    srv_free(&s);
+    /* untrusted CA */
+    srv_new(&s, TLS1_3_VERSION);
+    c = bench_stls_new(cx2, "mx.example.org");
+    assert_int_equal(handshake(c, &s), TLS_ERROR);
+    bench_stls_free(c);
+    srv_free(&s);
+    /* a TLS 1.2-only server */
+    srv_new(&s, TLS1_2_VERSION);
+    c = bench_stls_new(cx, "mx.example.org");
+    assert_int_equal(handshake(c, &s), TLS_ERROR);
+    bench_stls_error_string(c, why, sizeof(why));
+    assert_string_not_equal(why, "no error");
+    bench_stls_free(c);
+    srv_free(&s);
+    /* a missing CA file */
+    assert_null(bench_stls_ctx_new(tls_testcerts_path(p, sizeof(p), dir, "nope.pem"), err,
+                                   sizeof(err)));
+    assert_non_null(strstr(err, "nope.pem"));
+    bench_stls_free(NULL);
+    bench_stls_ctx_free(NULL);
+    bench_stls_ctx_free(cx);
+    bench_stls_ctx_free(cx2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_backpressure),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
