@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${CMTP_STATE_DIR:-$PWD/state}
 port=${CMTP_PORT:-4465}
-host=${CMTP_HOSTNAME:-localhost}
+host=${CMTP_HOSTNAME:-localhost.localdomain}
 mkdir -p "$state"
 bash scripts/gen-certs.sh "$state/tls" "$host" >/dev/null
 conf="$state/cmtpd.conf"
@@ -36,10 +36,10 @@ cmtpd: CMTP/1 on 127.0.0.1:$port (TLS 1.3, ALPN cmtp/1), state in $state
 Send a test message from another terminal:
 
   printf 'Subject: hello\r\n\r\nhello over CMTP\r\n' | \\
-    build/cmtp-send --ca $state/tls/ca.crt --server 127.0.0.1:$port --verify-name $host \\
-      --from me@$host --to you@$host
+    build/cmtp-send --ca $state/tls/ca.crt --server 127.0.0.1:$port --verify-name localhost \\
+      --from me@example.test --to you@example.test
 
 Probe the TLS endpoint by hand:  openssl s_client -connect 127.0.0.1:$port -alpn cmtp/1 -tls1_3 -CAfile $state/tls/ca.crt
 Stop with Ctrl-C (drains, then stops the private redis-server).
 MSG
-exec build/cmtpd -c "$conf"
+exec "${CMTP_BUILD:-build}/cmtpd" -c "$conf"

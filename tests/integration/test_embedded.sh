@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# tests/integration/test_embedded.sh — `make run`'s appliance (scripts/run.sh): first-run
+# certificates and config, the embedded redis-server (AOF fsync=always) started and stopped by
+# cmtpd, the printed test command works, SIGTERM leaves no process behind.
+source "$(dirname "$0")/lib.sh"
+
+PORT=$(free_port)
+CMTP_STATE_DIR="$T/state" CMTP_PORT=$PORT CMTP_BUILD="$B" bash "$TOP/scripts/run.sh" >"$T/run.out" 2>"$T/run.err" &
+RUN=$!
+PIDS+=("$RUN")
+wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)"
+check "make run prints a cmtp-send command" grep -q 'cmtp-send --ca' "$T/run.out"
+check "first run made certificates" test -f "$T/state/tls/server.crt"
+check "first run wrote a config" test -f "$T/state/cmtpd.conf"
+check "embedded redis socket exists" test -S "$T/state/redis/redis.sock"
+check "embedded redis: appendfsync always" bash -c '[ "$(redis-cli -s "$1" CONFIG GET appendfsync | tail -1)" = always ]' _ "$T/state/redis/redis.sock"
+check "embedded redis: AOF on" bash -c '[ "$(redis-cli -s "$1" CONFIG GET appendonly | tail -1)" = yes ]' _ "$T/state/redis/redis.sock"
+rpid=$(cat "$T/state/redis/redis.pid" 2>/dev/null)
+# The command `make run` prints, run as printed (with our build).
+cmd=$(grep -A2 'printf' "$T/run.out" | sed "s|build/cmtp-send|$B/cmtp-send|" | tr -d '\\\n')
+out=$(bash -c "$cmd" 2>&1)
+check "the printed command sends a message" grep -q '^accepted id=' <<<"$out"
+kill -TERM "$RUN"
+for _ in $(seq 1 100); do kill -0 "$RUN" 2>/dev/null || break; sleep 0.1; done
+wait "$RUN"; rc=$?
+check "SIGTERM: cmtpd exits 0" [ $rc -eq 0 ]
+check "the embedded redis-server is stopped" bash -c '[ -n "$1" ] && ! kill -0 "$1" 2>/dev/null' _ "$rpid"
+grep -q 'ERROR: AddressSanitizer\|runtime error' "$T/run.err" && bad "sanitizer report" || ok "no sanitizer report"
+finish
