@@ -304,8 +304,9 @@ enum cmtp_addr_err cmtp_addr_domain_normalize(char *out, size_t out_size, const 
     } else {
         char *a = NULL;
         /* Pure IDNA2008 (docs/PROTOCOL.md 12.3): lower-case ASCII only, then the U-labels must
-         * be valid once in NFC (as local parts are normalized). No UTS #46 mapping: it would silently drop or fold characters
-         * (a soft hyphen vanishes, full-width letters fold), which invites confusion. */
+         * be valid once in NFC (as local parts are normalized). No UTS #46 mapping: it would
+         * silently drop or fold characters (a soft hyphen vanishes, full-width letters fold), which
+         * invites confusion. */
         for (size_t i = 0; i < len; i++)
             buf[i] = ascii_lower(in[i]);
         buf[len] = '\0';

@@ -41,9 +41,9 @@ struct cmtp_policy {
 /* cmtp_policy_init sets |p| to the defaults: RELAY=none, FALLBACK=none, HOPS=CMTP_HOPS_DEFAULT. */
 void cmtp_policy_init(struct cmtp_policy *p);
 
-/* cmtp_policy_allows_relay reports whether |p| lets a relay whose next hop is |next_hop| (lower-case
- * A-labels, may be NULL when unknown) carry mail for a recipient in |rcpt_domain|. Also false when
- * |p->hops| is 0. */
+/* cmtp_policy_allows_relay reports whether |p| lets a relay whose next hop is |next_hop|
+ * (lower-case A-labels, may be NULL when unknown) carry mail for a recipient in |rcpt_domain|. Also
+ * false when |p->hops| is 0. */
 bool cmtp_policy_allows_relay(const struct cmtp_policy *p, const char *rcpt_domain,
                               const char *next_hop);
 
@@ -60,11 +60,11 @@ int cmtp_role_parse(enum cmtp_role *out, const char *s, size_t len);
 
 /* cmtp_trace is one structured trace record (one TRACE line; replaces a Received: header). */
 struct cmtp_trace {
-    unsigned hop;                    /* 1 for the first receiving server */
-    char by[CMTP_DOMAIN_MAX + 1];    /* receiving server's domain */
-    char from[CMTP_DOMAIN_MAX + 1];  /* client's verified domain, or "-" */
-    int64_t at;                      /* seconds since the epoch, UTC */
-    char tls[64];                    /* e.g. "TLSv1.3/TLS_AES_128_GCM_SHA256" */
+    unsigned hop;                      /* 1 for the first receiving server */
+    char by[CMTP_DOMAIN_MAX + 1];      /* receiving server's domain */
+    char from[CMTP_DOMAIN_MAX + 1];    /* client's verified domain, or "-" */
+    int64_t at;                        /* seconds since the epoch, UTC */
+    char tls[64];                      /* e.g. "TLSv1.3/TLS_AES_128_GCM_SHA256" */
     char peer_id[CMTP_DOMAIN_MAX + 1]; /* client certificate identity, or "-" */
     enum cmtp_role role;
 };
@@ -74,10 +74,10 @@ struct cmtp_trace {
 struct cmtp_envelope {
     struct cmtp_addr from;
     char txid[CMTP_TXID_MAX + 1];
-    uint64_t size;                          /* declared body size in octets */
-    uint8_t digest[CMTP_DIGEST_LEN];        /* declared SHA-256 of the body */
+    uint64_t size;                   /* declared body size in octets */
+    uint8_t digest[CMTP_DIGEST_LEN]; /* declared SHA-256 of the body */
     struct cmtp_policy policy;
-    char report_txid[CMTP_TXID_MAX + 1];    /* REPORT= (status report), or "" */
+    char report_txid[CMTP_TXID_MAX + 1]; /* REPORT= (status report), or "" */
     struct cmtp_trace trace[CMTP_TRACE_MAX];
     unsigned trace_count;
 };

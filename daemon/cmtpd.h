@@ -24,6 +24,10 @@
  * session has unprocessed input: two full TLS records plus room for a partial command. */
 #define CMTPD_RBUF_SIZE (64 * 1024)
 
+/* CMTPD_IP_SLOTS is the size of the per-IP connection table: addresses hash into it, so two
+ * addresses may share a slot and count together (the limit can only be stricter, never looser). */
+#define CMTPD_IP_SLOTS 65536
+
 /* CMTPD_DRAIN_TIMEOUT_MS bounds a graceful drain; connections still open then are closed. */
 #define CMTPD_DRAIN_TIMEOUT_MS 30000
 
@@ -40,6 +44,7 @@ struct cmtpd_counters {
     _Atomic uint64_t refused;           /* END answered 554 */
     _Atomic uint64_t body_bytes;        /* body octets received */
     _Atomic uint64_t timeouts;          /* connections closed by a deadline */
+    _Atomic uint64_t ip_refused;        /* connections refused by conn_per_ip_max */
 };
 
 struct cmtpd;
@@ -57,6 +62,9 @@ struct cmtpd_worker {
     unsigned n_sessions;
     bool draining;
     struct cmtpd_counters ctr;
+    /* scratch receives decrypted input while a session's on_data runs (one at a time on a
+     * worker), so that only sessions with input left over hold a buffer of their own. */
+    uint8_t scratch[CMTPD_RBUF_SIZE];
 };
 
 /* cmtpd is the process: the immutable configuration, the log, the engine and the workers. */
@@ -72,6 +80,9 @@ struct cmtpd {
     unsigned n_workers;
     struct cmtpd_worker *workers[256];
     _Atomic unsigned workers_ready;
+    /* ip_conns counts open connections per hashed peer address, shared by the workers (one
+     * atomic add at accept and one at close; nothing on the data path). */
+    _Atomic uint32_t *ip_conns;
 };
 
 /* cmtpd_conn_ops returns the engine callbacks that run CMTP sessions for |d|. */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,6 +16,12 @@
 #include "core/addr.h"
 #include "daemon/cmtpd.h"
 #include "queue/redis_embed.h"
+
+/* malloc_conf tunes jemalloc (release build) for a server that allocates per-connection
+ * objects of 16-64 KiB: keep them in the thread cache and purge dirty pages lazily, instead of
+ * an madvise(2) per connection (measured: ~100 us of system time per TLS handshake). Read once
+ * by jemalloc at start-up; never written. Unused when jemalloc is not linked (sanitizer builds). */
+const char *malloc_conf = "tcache_max:131072,dirty_decay_ms:5000,muzzy_decay_ms:5000";
 
 static void usage(FILE *f)
 {
@@ -185,6 +192,9 @@ int main(int argc, char **argv)
     }
     snprintf(d->node_id, sizeof(d->node_id), "%.40s.%ld", d->hostname, (long)getpid());
 
+    d->ip_conns = calloc(CMTPD_IP_SLOTS, sizeof(*d->ip_conns));
+    if (d->ip_conns == NULL)
+        goto out;
     d->tls = load_tls(d->cfg, err, sizeof(err));
     if (d->tls == NULL) {
         fprintf(stderr, "cmtpd: TLS: %s\n", err);
@@ -224,6 +234,18 @@ int main(int argc, char **argv)
         snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", d->cfg->redis.address.path);
     } else {
         endpoint_text(&d->cfg->redis.address.tcp, d->redis_address, sizeof(d->redis_address));
+    }
+
+    /* One descriptor per connection: raise the soft limit to the hard one, and say so when
+     * conn_max cannot be reached. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)d->cfg->server.conn_max + 64)
+            CMTP_LOG(&d->log, CMTP_LOG_WARN, "fd-limit-below-conn-max",
+                     cmtp_log_uint("nofile", (uint64_t)rl.rlim_cur),
+                     cmtp_log_uint("conn_max", d->cfg->server.conn_max));
     }
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -284,6 +306,7 @@ int main(int argc, char **argv)
 out:
     io_engine_free(d->engine);
     tls_ctx_unref(d->tls);
+    free(d->ip_conns);
     if (d->redis_pid > 0)
         redis_embed_stop(d->redis_pid);
     if (d->cfg != NULL) {

@@ -30,8 +30,11 @@ struct cmtpd_sess {
     struct cmtp_server *srv;
     struct queue_txn *txn;
     struct cmtpd_sess *next, *prev; /* the worker's session list */
-    uint8_t *rbuf;                  /* plaintext waiting for the state machine */
+    uint8_t *rbuf; /* plaintext waiting for the state machine: the worker's scratch buffer
+                    * while on_data runs, a buffer of its own only for what is left over */
     size_t roff, rlen;
+    bool rbuf_scratch; /* rbuf is the worker's scratch buffer */
+    uint32_t ip_slot;  /* this peer's slot in d->ip_conns */
     SHA256_CTX sha;
     struct queue_txn_meta meta;
     const struct cmtp_envelope *env; /* the open transaction's envelope (owned by srv) */
@@ -373,6 +376,31 @@ static void sess_run(struct cmtpd_sess *s)
     }
 }
 
+/* sess_unscratch gives the worker's scratch buffer back: what the state machine has not
+ * consumed yet moves to a buffer of the session's own. */
+static void sess_unscratch(struct cmtpd_sess *s)
+{
+    if (!s->rbuf_scratch)
+        return;
+    s->rbuf_scratch = false;
+    if (s->roff == s->rlen) {
+        s->rbuf = NULL;
+        s->roff = s->rlen = 0;
+        return;
+    }
+    uint8_t *own = malloc(CMTPD_RBUF_SIZE);
+    if (own == NULL) {
+        s->rbuf = NULL;
+        s->roff = s->rlen = 0;
+        sess_close_now(s);
+        return;
+    }
+    memcpy(own, s->rbuf + s->roff, s->rlen - s->roff);
+    s->rlen -= s->roff;
+    s->roff = 0;
+    s->rbuf = own;
+}
+
 /* sess_read decrypts everything fed so far into the input buffer and runs the session. */
 static void sess_read(struct cmtpd_sess *s)
 {
@@ -380,11 +408,9 @@ static void sess_read(struct cmtpd_sess *s)
         size_t n = 0;
         enum tls_result r;
         if (s->rbuf == NULL) {
-            s->rbuf = malloc(CMTPD_RBUF_SIZE);
-            if (s->rbuf == NULL) {
-                sess_close_now(s);
-                return;
-            }
+            /* No leftover: decrypt into the worker's scratch buffer (no allocation). */
+            s->rbuf = s->w->scratch;
+            s->rbuf_scratch = true;
             s->roff = s->rlen = 0;
         }
         if (s->roff > 0 && s->roff == s->rlen) {
@@ -421,6 +447,7 @@ static void sess_read(struct cmtpd_sess *s)
         break;
     }
     sess_run(s);
+    sess_unscratch(s);
 }
 
 /* sess_pump runs what can run after an event: pending input, output, deadlines, receive
@@ -444,7 +471,7 @@ static void sess_pump(struct cmtpd_sess *s)
         io_conn_resume_recv(s->c);
         s->recv_paused = false;
     }
-    if (!pending_in && s->rbuf != NULL) {
+    if (!pending_in && s->rbuf != NULL && !s->rbuf_scratch) {
         OPENSSL_cleanse(s->rbuf, s->rlen);
         free(s->rbuf);
         s->rbuf = NULL;
@@ -462,20 +489,57 @@ static void peer_text(const struct sockaddr_storage *ss, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, (socklen_t)len);
 }
 
+/* ip_slot hashes the peer's address (FNV-1a) into the per-IP table. */
+static uint32_t ip_slot(const struct sockaddr_storage *ss)
+{
+    const uint8_t *p = NULL;
+    size_t n = 0;
+    uint32_t h = 2166136261u;
+    if (ss->ss_family == AF_INET) {
+        p = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+        n = 4;
+    } else if (ss->ss_family == AF_INET6) {
+        p = (const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+        n = 16;
+    }
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h % CMTPD_IP_SLOTS;
+}
+
 static int on_accept(struct io_conn *c, void *tag)
 {
     struct cmtpd_worker *w = io_worker_ctx(io_conn_worker(c));
+    struct cmtpd *d = w->d;
     struct cmtpd_sess *s;
+    uint32_t slot = ip_slot(io_conn_peer(c));
     (void)tag;
     if (w->draining)
         return -ESHUTDOWN;
+    unsigned per_ip = d->cfg->server.conn_per_ip_max;
+    if (atomic_fetch_add_explicit(&d->ip_conns[slot], 1, memory_order_relaxed) >= per_ip &&
+        per_ip != 0) {
+        atomic_fetch_sub_explicit(&d->ip_conns[slot], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->ctr.ip_refused, 1, memory_order_relaxed);
+        if (cmtp_log_enabled(&d->log, CMTP_LOG_DEBUG)) {
+            char ip[QUEUE_IP_MAX + 1];
+            peer_text(io_conn_peer(c), ip, sizeof(ip));
+            CMTP_LOG(&d->log, CMTP_LOG_DEBUG, "conn-per-ip-limit", cmtp_log_str("peer", ip),
+                     cmtp_log_uint("limit", per_ip));
+        }
+        return -EMFILE; /* closed at once, before any TLS byte */
+    }
     s = calloc(1, sizeof(*s));
-    if (s == NULL)
+    if (s == NULL) {
+        atomic_fetch_sub_explicit(&d->ip_conns[slot], 1, memory_order_relaxed);
         return -ENOMEM;
+    }
+    s->ip_slot = slot;
     s->w = w;
     s->c = c;
     s->tls = tls_conn_new_server(w->tls);
     if (s->tls == NULL) {
+        atomic_fetch_sub_explicit(&d->ip_conns[slot], 1, memory_order_relaxed);
         free(s);
         return -ENOMEM;
     }
@@ -587,6 +651,7 @@ static void on_close(struct io_conn *c, int reason)
     if (s == NULL)
         return;
     struct cmtpd_worker *w = s->w;
+    atomic_fetch_sub_explicit(&w->d->ip_conns[s->ip_slot], 1, memory_order_relaxed);
     queue_txn_abort(s->txn);
     if (s->prev != NULL)
         s->prev->next = s->next;
@@ -597,7 +662,7 @@ static void on_close(struct io_conn *c, int reason)
     w->n_sessions--;
     cmtp_server_free(s->srv);
     tls_conn_free(s->tls);
-    if (s->rbuf != NULL) {
+    if (s->rbuf != NULL && !s->rbuf_scratch) {
         OPENSSL_cleanse(s->rbuf, s->rlen);
         free(s->rbuf);
     }

@@ -2,7 +2,7 @@
 # Every test gets a private folder, a private redis-server on a Unix socket, its own
 # certificates and its own cmtpd; everything it starts is stopped by pid on exit.
 set -u
-TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export TOP; TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 B=${CMTP_BUILD:-build}
 case "$B" in /*) ;; *) B="$TOP/$B" ;; esac
 T=$(mktemp -d /tmp/cmtp-it.XXXXXX)

@@ -13,6 +13,8 @@ hostname = mx.b.test
 listen = 127.0.0.1:$PORT
 state_dir = $T/state
 workers = 2
+conn_per_ip_max = 0
+conn_max = 4000
 [tls]
 cert = $T/tls/server.crt
 key = $T/tls/server.key
