@@ -49,14 +49,28 @@ struct cmtpd_counters {
 
 struct cmtpd;
 
+/* cmtpd_cfg is one loaded configuration, reference counted: each worker holds a reference to
+ * the one it uses, so a reload swaps in a new one while sessions on the old go on. Immutable. */
+struct cmtpd_cfg {
+    _Atomic unsigned refs;
+    struct cmtp_config c;
+};
+
+/* cmtpd_cfg_ref takes a reference to |g|; cmtpd_cfg_unref drops one and frees |g| with the
+ * last. NULL is a no-op for unref. */
+struct cmtpd_cfg *cmtpd_cfg_ref(struct cmtpd_cfg *g);
+void cmtpd_cfg_unref(struct cmtpd_cfg *g);
+
 /* cmtpd_worker is the per-worker (per-thread) context: its io worker, its Redis queue, its TLS
  * context reference and its sessions. Touched only by its own thread, except the counters. */
 struct cmtpd_worker {
     struct cmtpd *d;
     struct io_worker *io;
     struct queue *q;
-    struct tls_ctx *tls; /* this worker's reference; swapped by a posted reload */
-    struct cmtp_server_config srv_cfg;
+    struct tls_ctx *tls;               /* this worker's reference; swapped by a posted reload */
+    struct cmtpd_cfg *cfg;             /* this worker's configuration; swapped by a posted reload */
+    struct cmtp_server_config srv_cfg; /* limits for new sessions, from |cfg| */
+    enum cmtp_log_level log_level;     /* this worker's copy, changed by a post */
     unsigned id;
     struct cmtpd_sess *sessions; /* intrusive list of live sessions */
     unsigned n_sessions;
@@ -69,7 +83,8 @@ struct cmtpd_worker {
 
 /* cmtpd is the process: the immutable configuration, the log, the engine and the workers. */
 struct cmtpd {
-    struct cmtp_config *cfg; /* immutable while workers run */
+    struct cmtpd_cfg *cfg; /* the current configuration (main thread's reference) */
+    const char *cfg_path;  /* the file it was loaded from, or NULL (defaults) */
     struct cmtp_log log;
     char hostname[CMTP_DOMAIN_MAX + 1];
     char redis_address[PATH_MAX + 16]; /* "unix:/path" or "host:port" */
@@ -84,6 +99,10 @@ struct cmtpd {
      * atomic add at accept and one at close; nothing on the data path). */
     _Atomic uint32_t *ip_conns;
 };
+
+/* cmtpd_worker_set_cfg makes |w| use |cfg| and |tls| for new sessions (references taken) and
+ * drops its old ones. Runs on |w|'s thread. */
+void cmtpd_worker_set_cfg(struct cmtpd_worker *w, struct cmtpd_cfg *cfg, struct tls_ctx *tls);
 
 /* cmtpd_conn_ops returns the engine callbacks that run CMTP sessions for |d|. */
 const struct io_conn_ops *cmtpd_conn_ops(void);

@@ -8,8 +8,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pwd.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <syslog.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,7 +55,12 @@ static void usage(FILE *f)
           "\n"
           "Signals: SIGTERM or SIGINT drain (stop accepting, finish transactions in flight,\n"
           "answer '421 shutting-down' at the next command boundary, exit 0 when done or after\n"
-          "30 s); a second SIGTERM stops at once.\n"
+          "30 s); a second SIGTERM stops at once. SIGHUP reloads the configuration and the\n"
+          "certificates (validated first; on any error the running ones are kept).\n"
+          "\n"
+          "Privileges: listeners are bound first; then, with [server] user set, cmtpd switches\n"
+          "to that user (no capability kept), starts the embedded redis-server as that user and\n"
+          "forbids execve for the rest of its life (no_new_privs + seccomp).\n"
           "\n"
           "Exit status: 0 after a clean shutdown or a good --check; 1 on a configuration or\n"
           "startup error; 2 on a usage error.\n",
@@ -124,6 +140,181 @@ static void drain_wait(struct cmtpd *d, sigset_t *set)
     CMTP_LOG(&d->log, CMTP_LOG_WARN, "drain-timeout");
 }
 
+/* load_config reads |path| (NULL: defaults) into a new reference-counted configuration. */
+static struct cmtpd_cfg *load_config(const char *path, char *err, size_t errlen)
+{
+    struct cmtpd_cfg *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&g->refs, 1);
+    cmtp_config_init(&g->c);
+    if (path != NULL && cmtp_config_load_file(&g->c, path, err, errlen) < 0) {
+        cmtpd_cfg_unref(g);
+        return NULL;
+    }
+    return g;
+}
+
+/* syslog_sink sends one log line to syslog(3) (facility mail); the line is data, never the
+ * format. */
+static void syslog_sink(void *arg, enum cmtp_log_level level, const char *line, size_t len)
+{
+    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+    (void)arg;
+    if (len > 0 && line[len - 1] == '\n')
+        len--;
+    syslog(prio[level <= CMTP_LOG_DEBUG ? level : CMTP_LOG_DEBUG], "%.*s", (int)len, line);
+}
+
+static void log_setup(struct cmtpd *d, const struct cmtp_config *c)
+{
+    if (c->log.target == CMTP_LOG_TARGET_SYSLOG) {
+        openlog("cmtpd", LOG_PID | LOG_NDELAY, LOG_MAIL);
+        cmtp_log_init(&d->log, c->log.level, c->log.format, syslog_sink, NULL);
+    } else {
+        cmtp_log_init(&d->log, c->log.level, c->log.format, NULL, NULL);
+    }
+}
+
+/* sd_notify_send tells systemd (Type=notify) about our state when NOTIFY_SOCKET is set. */
+static void sd_notify_send(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n;
+    int fd;
+    if (path == NULL || (path[0] != '/' && path[0] != '@'))
+        return;
+    n = strlen(path);
+    if (n >= sizeof(sa.sun_path))
+        return;
+    memcpy(sa.sun_path, path, n);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract socket */
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+           (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+    close(fd);
+}
+
+/* reload_post carries a new configuration and TLS context to one worker. */
+struct reload_post {
+    struct cmtpd_worker *w;
+    struct cmtpd_cfg *cfg;
+    struct tls_ctx *tls;
+};
+
+static void reload_on_worker(void *arg)
+{
+    struct reload_post *rp = arg;
+    cmtpd_worker_set_cfg(rp->w, rp->cfg, rp->tls);
+    cmtpd_cfg_unref(rp->cfg);
+    tls_ctx_unref(rp->tls);
+    free(rp);
+}
+
+/* cmtpd_reload loads the configuration file again and the certificates it names; only when
+ * both are valid are they handed to the workers (new sessions use them, established ones keep
+ * theirs). Settings that need a restart (listeners, workers, Redis, state_dir, user) are kept
+ * and a warning says so. Returns 0, or -EINVAL with the reason in |err| (the old configuration
+ * stays in force). */
+static int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
+{
+    struct cmtpd_cfg *g = load_config(d->cfg_path, err, errlen);
+    struct tls_ctx *tls;
+    if (g == NULL)
+        return -EINVAL;
+    tls = load_tls(&g->c, err, errlen);
+    if (tls == NULL) {
+        cmtpd_cfg_unref(g);
+        return -EINVAL;
+    }
+    const struct cmtp_config *o = &d->cfg->c;
+    if (memcmp(o->server.listen, g->c.server.listen, sizeof(o->server.listen)) != 0 ||
+        o->server.listen_count != g->c.server.listen_count ||
+        o->server.workers != g->c.server.workers ||
+        memcmp(&o->redis.address, &g->c.redis.address, sizeof(o->redis.address)) != 0 ||
+        strcmp(o->server.state_dir, g->c.server.state_dir) != 0 ||
+        strcmp(o->server.user, g->c.server.user) != 0)
+        CMTP_LOG(&d->log, CMTP_LOG_WARN, "reload-needs-restart",
+                 cmtp_log_str("what", "listen, workers, redis, state_dir or user changed"));
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        struct reload_post *rp;
+        if (d->workers[i] == NULL || (rp = malloc(sizeof(*rp))) == NULL)
+            continue;
+        *rp = (struct reload_post){d->workers[i], cmtpd_cfg_ref(g), tls_ctx_ref(tls)};
+        if (io_worker_post(d->workers[i]->io, reload_on_worker, rp) < 0) {
+            cmtpd_cfg_unref(rp->cfg);
+            tls_ctx_unref(rp->tls);
+            free(rp);
+        }
+    }
+    cmtpd_cfg_unref(d->cfg);
+    d->cfg = g;
+    tls_ctx_unref(d->tls);
+    d->tls = tls;
+    return 0;
+}
+
+/* drop_privileges switches to [server] user (when set and we are root): supplementary groups,
+ * gid, uid, in that order, then checks that root cannot be regained. No capability survives
+ * setuid from root without PR_SET_KEEPCAPS. */
+static int drop_privileges(const struct cmtp_config *c, char *err, size_t errlen)
+{
+    struct passwd *pw;
+    if (c->server.user[0] == '\0')
+        return 0;
+    pw = getpwnam(c->server.user);
+    if (pw == NULL) {
+        snprintf(err, errlen, "[server] user %s: no such user", c->server.user);
+        return -ENOENT;
+    }
+    if (getuid() != 0 && geteuid() != 0) {
+        if (geteuid() == pw->pw_uid)
+            return 0;
+        snprintf(err, errlen, "[server] user %s: not root, cannot switch", c->server.user);
+        return -EPERM;
+    }
+    if (initgroups(pw->pw_name, pw->pw_gid) < 0 ||
+        setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
+        setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {
+        snprintf(err, errlen, "dropping privileges to %s: %s", c->server.user, strerror(errno));
+        return -errno;
+    }
+    if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+        snprintf(err, errlen, "dropping privileges: root could be regained");
+        return -EPERM;
+    }
+    return 0;
+}
+
+/* forbid_exec installs a seccomp filter on every thread of the process that makes execve and
+ * execveat fail with EPERM, after setting no_new_privs: nothing on the data path can run a
+ * program. Called once the embedded redis-server (the only program we start) is running. */
+static int forbid_exec(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 59 /* execve */, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 322 /* execveat */, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+    };
+    struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return -errno;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
+        return -errno;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -133,11 +324,11 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *cfg_path = NULL;
     bool check = false;
     int opt, code = 1;
     char err[CMTP_CONFIG_ERR_LEN];
     struct cmtpd *d = calloc(1, sizeof(*d));
+    const struct cmtp_config *c;
     sigset_t set;
 
     if (d == NULL)
@@ -145,7 +336,7 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
-            cfg_path = optarg;
+            d->cfg_path = optarg;
             break;
         case 1:
             check = true;
@@ -170,18 +361,16 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    d->cfg = calloc(1, sizeof(*d->cfg));
-    if (d->cfg == NULL)
-        goto out;
-    cmtp_config_init(d->cfg);
-    if (cfg_path != NULL && cmtp_config_load_file(d->cfg, cfg_path, err, sizeof(err)) < 0) {
+    d->cfg = load_config(d->cfg_path, err, sizeof(err));
+    if (d->cfg == NULL) {
         fprintf(stderr, "cmtpd: %s\n", err);
         goto out;
     }
-    cmtp_log_init(&d->log, d->cfg->log.level, d->cfg->log.format, NULL, NULL);
+    c = &d->cfg->c;
+    log_setup(d, c);
 
-    if (d->cfg->server.hostname[0]) {
-        snprintf(d->hostname, sizeof(d->hostname), "%s", d->cfg->server.hostname);
+    if (c->server.hostname[0]) {
+        snprintf(d->hostname, sizeof(d->hostname), "%s", c->server.hostname);
     } else {
         char h[HOST_NAME_MAX + 1] = "";
         gethostname(h, sizeof(h));
@@ -195,12 +384,17 @@ int main(int argc, char **argv)
     d->ip_conns = calloc(CMTPD_IP_SLOTS, sizeof(*d->ip_conns));
     if (d->ip_conns == NULL)
         goto out;
-    d->tls = load_tls(d->cfg, err, sizeof(err));
+    /* Keys are read while we are still root; nothing reads them later but a reload. */
+    d->tls = load_tls(c, err, sizeof(err));
     if (d->tls == NULL) {
         fprintf(stderr, "cmtpd: TLS: %s\n", err);
         goto out;
     }
     if (check) {
+        if (c->server.user[0] && getpwnam(c->server.user) == NULL) {
+            fprintf(stderr, "cmtpd: [server] user %s: no such user\n", c->server.user);
+            goto out;
+        }
         printf("config ok\n");
         code = 0;
         goto out;
@@ -214,56 +408,47 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (mkdir_p(d->cfg->server.state_dir, 0750) < 0) {
-        fprintf(stderr, "cmtpd: cannot create state_dir %s: %s\n", d->cfg->server.state_dir,
-                strerror(errno));
-        goto out;
-    }
-    if (d->cfg->redis.address.kind == CMTP_CONFIG_SOCKET_NONE) {
-        char dir[PATH_MAX], sock[PATH_MAX];
-        snprintf(dir, sizeof(dir), "%s/redis", d->cfg->server.state_dir);
-        if (redis_embed_start(d->cfg->redis.redis_server, dir, sock, sizeof(sock), &d->redis_pid,
-                              err, sizeof(err)) < 0) {
-            fprintf(stderr, "cmtpd: embedded redis-server: %s\n", err);
-            goto out;
-        }
-        snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", sock);
-        CMTP_LOG(&d->log, CMTP_LOG_INFO, "redis-started", cmtp_log_str("socket", sock),
-                 cmtp_log_int("pid", d->redis_pid));
-    } else if (d->cfg->redis.address.kind == CMTP_CONFIG_SOCKET_UNIX) {
-        snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", d->cfg->redis.address.path);
-    } else {
-        endpoint_text(&d->cfg->redis.address.tcp, d->redis_address, sizeof(d->redis_address));
-    }
-
     /* One descriptor per connection: raise the soft limit to the hard one, and say so when
      * conn_max cannot be reached. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
-        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)d->cfg->server.conn_max + 64)
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)c->server.conn_max + 64)
             CMTP_LOG(&d->log, CMTP_LOG_WARN, "fd-limit-below-conn-max",
                      cmtp_log_uint("nofile", (uint64_t)rl.rlim_cur),
-                     cmtp_log_uint("conn_max", d->cfg->server.conn_max));
+                     cmtp_log_uint("conn_max", c->server.conn_max));
+    }
+
+    if (mkdir_p(c->server.state_dir, 0750) < 0) {
+        fprintf(stderr, "cmtpd: cannot create state_dir %s: %s\n", c->server.state_dir,
+                strerror(errno));
+        goto out;
+    }
+    if (c->server.user[0] && geteuid() == 0) {
+        struct passwd *pw = getpwnam(c->server.user);
+        if (pw == NULL || chown(c->server.state_dir, pw->pw_uid, pw->pw_gid) < 0) {
+            fprintf(stderr, "cmtpd: cannot give state_dir to %s\n", c->server.user);
+            goto out;
+        }
     }
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    d->n_workers =
-        d->cfg->server.workers ? d->cfg->server.workers : (unsigned)(ncpu > 0 ? ncpu : 1);
+    d->n_workers = c->server.workers ? c->server.workers : (unsigned)(ncpu > 0 ? ncpu : 1);
     if (d->n_workers > sizeof(d->workers) / sizeof(d->workers[0]))
         d->n_workers = sizeof(d->workers) / sizeof(d->workers[0]);
     struct io_engine_config ec;
     io_engine_config_default(&ec);
     ec.workers = d->n_workers;
-    ec.conn_max = d->cfg->server.conn_max;
+    ec.conn_max = c->server.conn_max;
     d->engine = io_engine_new(&ec, cmtpd_conn_ops(), d, err, sizeof(err));
     if (d->engine == NULL) {
         fprintf(stderr, "cmtpd: engine: %s\n", err);
         goto out;
     }
-    for (size_t i = 0; i < d->cfg->server.listen_count; i++) {
-        const struct cmtp_config_endpoint *e = &d->cfg->server.listen[i];
+    /* Bind every listener while still privileged (ports below 1024). */
+    for (size_t i = 0; i < c->server.listen_count; i++) {
+        const struct cmtp_config_endpoint *e = &c->server.listen[i];
         char where[CMTP_DOMAIN_MAX + 16];
         endpoint_text(e, where, sizeof(where));
         int port = io_engine_listen(d->engine, e->host, e->port, NULL);
@@ -274,18 +459,47 @@ int main(int argc, char **argv)
         CMTP_LOG(&d->log, CMTP_LOG_INFO, "listening", cmtp_log_str("address", where),
                  cmtp_log_int("port", port), cmtp_log_str("proto", "cmtp/1"));
     }
+    if (drop_privileges(c, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cmtpd: %s\n", err);
+        goto out;
+    }
+
+    if (c->redis.address.kind == CMTP_CONFIG_SOCKET_NONE) {
+        char dir[PATH_MAX], sock[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/redis", c->server.state_dir);
+        if (redis_embed_start(c->redis.redis_server, dir, sock, sizeof(sock), &d->redis_pid, err,
+                              sizeof(err)) < 0) {
+            fprintf(stderr, "cmtpd: embedded redis-server: %s\n", err);
+            goto out;
+        }
+        snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", sock);
+        CMTP_LOG(&d->log, CMTP_LOG_INFO, "redis-started", cmtp_log_str("socket", sock),
+                 cmtp_log_int("pid", d->redis_pid));
+    } else if (c->redis.address.kind == CMTP_CONFIG_SOCKET_UNIX) {
+        snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", c->redis.address.path);
+    } else {
+        endpoint_text(&c->redis.address.tcp, d->redis_address, sizeof(d->redis_address));
+    }
+    /* From here on nothing may start a program. */
+    int e = forbid_exec();
+    if (e < 0)
+        CMTP_LOG(&d->log, CMTP_LOG_WARN, "seccomp-unavailable",
+                 cmtp_log_str("reason", strerror(-e)));
+
     if (io_engine_start(d->engine) < 0) {
         fprintf(stderr, "cmtpd: cannot start the workers\n");
         goto out;
     }
     CMTP_LOG(&d->log, CMTP_LOG_INFO, "started", cmtp_log_str("version", CMTPD_VERSION),
              cmtp_log_str("host", d->hostname), cmtp_log_uint("workers", d->n_workers),
-             cmtp_log_str("redis", d->redis_address));
+             cmtp_log_str("redis", d->redis_address), cmtp_log_uint("uid", getuid()));
+    sd_notify_send("READY=1");
 
     for (;;) {
         siginfo_t si;
         int sig = sigwaitinfo(&set, &si);
         if (sig == SIGTERM || sig == SIGINT) {
+            sd_notify_send("STOPPING=1");
             CMTP_LOG(&d->log, CMTP_LOG_INFO, "draining",
                      cmtp_log_str("signal", sig == SIGTERM ? "TERM" : "INT"));
             io_engine_drain(d->engine);
@@ -295,9 +509,15 @@ int main(int argc, char **argv)
             drain_wait(d, &set);
             break;
         }
-        if (sig == SIGHUP)
-            CMTP_LOG(&d->log, CMTP_LOG_INFO, "sighup-ignored",
-                     cmtp_log_str("hint", "use cmtpctl reload"));
+        if (sig == SIGHUP) {
+            sd_notify_send("RELOADING=1");
+            if (cmtpd_reload(d, err, sizeof(err)) == 0)
+                CMTP_LOG(&d->log, CMTP_LOG_INFO, "reloaded");
+            else
+                CMTP_LOG(&d->log, CMTP_LOG_ERROR, "reload-refused", cmtp_log_str("reason", err),
+                         cmtp_log_str("kept", "the running configuration"));
+            sd_notify_send("READY=1");
+        }
     }
     io_engine_stop(d->engine);
     io_engine_join(d->engine);
@@ -309,10 +529,7 @@ out:
     free(d->ip_conns);
     if (d->redis_pid > 0)
         redis_embed_stop(d->redis_pid);
-    if (d->cfg != NULL) {
-        cmtp_config_free(d->cfg);
-        free(d->cfg);
-    }
+    cmtpd_cfg_unref(d->cfg);
     free(d);
     return code;
 }

@@ -136,7 +136,7 @@ static void sess_start_close(struct cmtpd_sess *s)
 /* sess_set_deadline arms the timeout that applies in the current state. */
 static void sess_set_deadline(struct cmtpd_sess *s)
 {
-    const struct cmtp_config *cfg = s->w->d->cfg;
+    const struct cmtp_config *cfg = &s->w->cfg->c;
     uint64_t ms = 0;
     if (s->phase == SESS_HANDSHAKE) {
         ms = cfg->timeouts.handshake_ms;
@@ -178,7 +178,7 @@ static void sess_set_deadline(struct cmtpd_sess *s)
 /* sess_rcpt_answer decides final / relay / no mailbox for one recipient from the config. */
 static void sess_rcpt_answer(struct cmtpd_sess *s, const struct cmtp_addr *rcpt)
 {
-    const struct cmtp_config *cfg = s->w->d->cfg;
+    const struct cmtp_config *cfg = &s->w->cfg->c;
     const struct cmtp_config_relay_domain *rd = cmtp_config_relay_for(cfg, rcpt->domain);
     if (rd != NULL)
         cmtp_server_rcpt_reply(s->srv, CMTP_SRV_ANSWER_RELAY, rd->nexthop.host);
@@ -516,7 +516,7 @@ static int on_accept(struct io_conn *c, void *tag)
     (void)tag;
     if (w->draining)
         return -ESHUTDOWN;
-    unsigned per_ip = d->cfg->server.conn_per_ip_max;
+    unsigned per_ip = w->cfg->c.server.conn_per_ip_max;
     if (atomic_fetch_add_explicit(&d->ip_conns[slot], 1, memory_order_relaxed) >= per_ip &&
         per_ip != 0) {
         atomic_fetch_sub_explicit(&d->ip_conns[slot], 1, memory_order_relaxed);
@@ -689,12 +689,47 @@ void cmtpd_worker_drain(void *arg)
     }
 }
 
+struct cmtpd_cfg *cmtpd_cfg_ref(struct cmtpd_cfg *g)
+{
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+    return g;
+}
+
+void cmtpd_cfg_unref(struct cmtpd_cfg *g)
+{
+    if (g == NULL || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    cmtp_config_free(&g->c);
+    free(g);
+}
+
+void cmtpd_worker_set_cfg(struct cmtpd_worker *w, struct cmtpd_cfg *cfg, struct tls_ctx *tls)
+{
+    struct cmtpd_cfg *old_cfg = w->cfg;
+    struct tls_ctx *old_tls = w->tls;
+    w->cfg = cfg != NULL ? cmtpd_cfg_ref(cfg) : NULL;
+    w->tls = tls != NULL ? tls_ctx_ref(tls) : NULL;
+    if (cfg != NULL) {
+        const struct cmtp_config *c = &cfg->c;
+        w->srv_cfg = (struct cmtp_server_config){
+            .host = w->d->hostname,
+            .size_max = c->limits.size_max,
+            .rcpt_max = c->limits.rcpt_max,
+            .chunk_max = (uint32_t)c->limits.chunk_max,
+            .txn_max = c->limits.txn_max,
+            .errors_max = CMTP_ERRORS_MAX,
+        };
+    }
+    cmtpd_cfg_unref(old_cfg);
+    tls_ctx_unref(old_tls);
+}
+
 /* worker_init runs on each worker thread: its Redis queue and its TLS context reference. */
 static void *worker_init(struct io_worker *io, void *engine_arg)
 {
     struct cmtpd *d = engine_arg;
     struct cmtpd_worker *w = calloc(1, sizeof(*w));
-    const struct cmtp_config *cfg = d->cfg;
+    const struct cmtp_config *cfg = &d->cfg->c;
     struct queue_loop loop;
     char err[256];
     if (w == NULL)
@@ -702,15 +737,7 @@ static void *worker_init(struct io_worker *io, void *engine_arg)
     w->d = d;
     w->io = io;
     w->id = io_worker_id(io);
-    w->tls = tls_ctx_ref(d->tls);
-    w->srv_cfg = (struct cmtp_server_config){
-        .host = d->hostname,
-        .size_max = cfg->limits.size_max,
-        .rcpt_max = cfg->limits.rcpt_max,
-        .chunk_max = (uint32_t)cfg->limits.chunk_max,
-        .txn_max = cfg->limits.txn_max,
-        .errors_max = CMTP_ERRORS_MAX,
-    };
+    cmtpd_worker_set_cfg(w, d->cfg, d->tls);
     char node[72];
     snprintf(node, sizeof(node), "%.56s:w%u", d->node_id, w->id);
     struct queue_config qc = {
@@ -727,7 +754,7 @@ static void *worker_init(struct io_worker *io, void *engine_arg)
     if (w->q == NULL) {
         CMTP_LOG(&d->log, CMTP_LOG_ERROR, "queue-setup-failed", cmtp_log_uint("worker", w->id),
                  cmtp_log_str("reason", err));
-        tls_ctx_unref(w->tls);
+        cmtpd_worker_set_cfg(w, NULL, NULL);
         free(w);
         return NULL;
     }
@@ -744,7 +771,7 @@ static void worker_fini(struct io_worker *io, void *ctx)
     if (w == NULL)
         return;
     queue_free(w->q);
-    tls_ctx_unref(w->tls);
+    cmtpd_worker_set_cfg(w, NULL, NULL);
     free(w);
 }
 
