@@ -50,7 +50,9 @@ struct cmtp_server {
     bool discard;     /* the current chunk is discarded (no recipient) */
     bool started, closing, shutdown;
 
-    struct cmtp_envelope env;
+    /* env is allocated at the first MAIL and kept for the session: an idle connection holds
+     * none of its ~27 KiB (the trace records). */
+    struct cmtp_envelope *env;
     struct cmtp_srv_rcpt *rcpts; /* entry i is RCPT index i + 1 */
     uint32_t rcpt_count, rcpt_cap;
     uint64_t rcpt_cmds; /* RCPT commands in this transaction (indices handed out) */
@@ -126,7 +128,6 @@ struct cmtp_server *cmtp_server_new(const struct cmtp_server_config *cfg)
     s->txn_max = cfg->txn_max ? cfg->txn_max : CMTP_TXN_MAX_DEFAULT;
     s->errors_max = cfg->errors_max ? cfg->errors_max : CMTP_ERRORS_MAX;
     cmtp_reader_init(&s->rd);
-    cmtp_policy_init(&s->env.policy);
     s->close_status = "";
     return s;
 err:
@@ -140,6 +141,8 @@ void cmtp_server_free(struct cmtp_server *s)
         return;
     free(s->rcpts);
     s->rcpts = NULL;
+    free(s->env);
+    s->env = NULL;
     free(s);
 }
 
@@ -262,7 +265,11 @@ static int cmd_mail(struct cmtp_server *s, const struct cmtp_cmd *cmd, enum cmtp
     }
     if (s->txn_count >= s->txn_max)
         return close_with(s, ev, 452, "too-many-txn");
-    switch (cmtp_mail_parse(&s->env, cmd->args, cmd->args_len)) {
+    if (s->env == NULL && (s->env = malloc(sizeof(*s->env))) == NULL) {
+        s->mail_failed = true;
+        return fail(s, ev, 451, "try-later", false);
+    }
+    switch (cmtp_mail_parse(s->env, cmd->args, cmd->args_len)) {
     case CMTP_PERR_OK:
         break;
     case CMTP_PERR_ADDRESS:
@@ -272,12 +279,12 @@ static int cmd_mail(struct cmtp_server *s, const struct cmtp_cmd *cmd, enum cmtp
         s->mail_failed = true;
         return fail(s, ev, 501, "bad-syntax", true);
     }
-    if (s->env.size > s->size_max) {
+    if (s->env->size > s->size_max) {
         s->mail_failed = true; /* refused before any body octet (RELIABILITY case 13) */
         return fail(s, ev, 552, "too-big", false);
     }
     s->wait = WAIT_MAIL;
-    ev->env = &s->env;
+    ev->env = s->env;
     return CMTP_SRV_MAIL;
 }
 
@@ -287,7 +294,7 @@ int cmtp_server_mail_reply(struct cmtp_server *s, enum cmtp_srv_mail_answer a)
         return -EINVAL;
     switch (a) {
     case CMTP_SRV_MAIL_OK: {
-        const struct cmtp_param p[] = {{"txn", s->env.txid}};
+        const struct cmtp_param p[] = {{"txn", s->env->txid}};
         end_txn(s);
         s->txn = TXN_ENVELOPE;
         s->txn_count++;
@@ -330,11 +337,11 @@ static int cmd_trace(struct cmtp_server *s, const struct cmtp_cmd *cmd, enum cmt
         return bad_seq(s, ev, after_failed_mail);
     if (pe != CMTP_PERR_OK)
         return fail(s, ev, 501, "bad-syntax", true);
-    if (s->env.trace_count >= CMTP_TRACE_MAX)
+    if (s->env->trace_count >= CMTP_TRACE_MAX)
         return fail(s, ev, 552, "too-many-hops", false);
-    if (cmtp_trace_parse(&s->env.trace[s->env.trace_count], cmd->args, cmd->args_len) != 0)
+    if (cmtp_trace_parse(&s->env->trace[s->env->trace_count], cmd->args, cmd->args_len) != 0)
         return fail(s, ev, 501, "bad-syntax", true);
-    s->env.trace_count++;
+    s->env->trace_count++;
     reply(s, 250, "ok", NULL, 0);
     return EV_CONTINUE;
 }
@@ -368,7 +375,7 @@ static int cmd_rcpt(struct cmtp_server *s, const struct cmtp_cmd *cmd, enum cmtp
     }
     r->status = CMTP_SRV_RCPT_PENDING;
     s->wait = WAIT_RCPT;
-    ev->env = &s->env;
+    ev->env = s->env;
     ev->rcpt = &r->addr;
     ev->rcpt_index = s->rcpt_count;
     return CMTP_SRV_RCPT;
@@ -379,7 +386,7 @@ int cmtp_server_rcpt_reply(struct cmtp_server *s, enum cmtp_srv_rcpt_answer a, c
     if (s->wait != WAIT_RCPT || s->rcpt_count == 0)
         return -EINVAL;
     struct cmtp_srv_rcpt *r = &s->rcpts[s->rcpt_count - 1];
-    const struct cmtp_policy *pol = &s->env.policy;
+    const struct cmtp_policy *pol = &s->env->policy;
     char hop[CMTP_DOMAIN_MAX + 1];
     switch (a) {
     case CMTP_SRV_ANSWER_FINAL:
@@ -452,7 +459,7 @@ static int cmd_body(struct cmtp_server *s, const struct cmtp_cmd *cmd, enum cmtp
     if (pe != CMTP_PERR_OK || cmtp_index_parse(&n, cmd->args, cmd->args_len) != CMTP_PERR_OK ||
         n == 0 || n > s->chunk_max)
         return close_with(s, ev, 601, "bad-chunk");
-    if (n > s->env.size - s->body_total)
+    if (n > s->env->size - s->body_total)
         return close_with(s, ev, 602, "size-exceeded");
     s->txn = TXN_BODY;
     s->body_total += n;
@@ -472,7 +479,7 @@ static int cmd_end(struct cmtp_server *s, enum cmtp_perr pe, struct cmtp_srv_eve
         return bad_seq(s, ev, after_failed_mail);
     if (pe != CMTP_PERR_OK)
         return fail(s, ev, 501, "bad-syntax", true);
-    if (s->rcpt_ok == 0 || s->body_total != s->env.size) {
+    if (s->rcpt_ok == 0 || s->body_total != s->env->size) {
         const char *st = s->rcpt_ok == 0 ? "no-recipients" : "size-mismatch";
         end_txn(s);
         reply(s, 554, st, NULL, 0);
@@ -480,7 +487,7 @@ static int cmd_end(struct cmtp_server *s, enum cmtp_perr pe, struct cmtp_srv_eve
         return CMTP_SRV_RESET;
     }
     s->wait = WAIT_END;
-    ev->env = &s->env;
+    ev->env = s->env;
     ev->rcpts = s->rcpts;
     ev->rcpt_count = s->rcpt_count;
     ev->rcpt_accepted = s->rcpt_ok;
@@ -514,7 +521,7 @@ int cmtp_server_end_reply(struct cmtp_server *s, const struct cmtp_srv_end_answe
         if (!qid_valid(a->qid))
             return -EINVAL;
         const struct cmtp_param p[] = {
-            {"txn", s->env.txid}, {"id", a->qid}, {"rcpts", u64_str(n, a->rcpts)}, {"dup", "1"}};
+            {"txn", s->env->txid}, {"id", a->qid}, {"rcpts", u64_str(n, a->rcpts)}, {"dup", "1"}};
         reply(s, 250, "accepted", p, a->dup ? 4 : 3);
         break;
     }
@@ -618,7 +625,7 @@ enum cmtp_srv_ev cmtp_server_feed(struct cmtp_server *s, const uint8_t *in, size
             off += c;
             if (s->discard)
                 continue;
-            ev->env = &s->env;
+            ev->env = s->env;
             ev->data = it.data;
             ev->len = it.len;
             ev->offset = s->body_total - left;
