@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -535,6 +536,9 @@ static int on_accept(struct io_conn *c, void *tag)
         return -ENOMEM;
     }
     s->ip_slot = slot;
+    /* Replies are written whole; do not let Nagle hold one back behind a delayed ACK. */
+    int one = 1;
+    setsockopt(io_conn_fd(c), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     s->w = w;
     s->c = c;
     s->tls = tls_conn_new_server(w->tls);

@@ -79,6 +79,10 @@ struct tls_client_config {
      * (PEM, leaf first) and its private key (Ed25519 or ECDSA P-256). */
     const char *cert_file;
     const char *key_file;
+    /* no_alpn makes a context for SMTP STARTTLS (delivery to SMTP/LMTP hosts, the SMTP side of
+     * the bench): no ALPN offered, none required. Everything else (TLS 1.3 only, certificate
+     * and host name verification) is unchanged. CMTP connections never use it. */
+    bool no_alpn;
 };
 
 /* tls_ctx is an immutable, reference-counted TLS context (server or client). It may be shared
@@ -221,7 +225,7 @@ const char *tls_conn_version(const struct tls_conn *t);
 const char *tls_conn_cipher(const struct tls_conn *t);
 
 /* tls_conn_alpn returns "cmtp/1" once the handshake completed (the only protocol ever agreed),
- * or NULL before. The string is static. */
+ * or NULL before, and always NULL on a no_alpn client context. The string is static. */
 const char *tls_conn_alpn(const struct tls_conn *t);
 
 /* tls_conn_resumed returns true if the completed handshake resumed a session (a ticket). */

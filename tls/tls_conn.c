@@ -436,7 +436,10 @@ static enum tls_result tls_handshake_finish(struct tls_conn *t)
     unsigned alpn_len;
 
     SSL_get0_alpn_selected(t->ssl, &alpn, &alpn_len);
-    if (alpn_len != TLS_ALPN_ID_LEN || memcmp(alpn, tls_alpn_id, alpn_len) != 0)
+    if (t->ctx->no_alpn) {
+        if (alpn_len != 0)
+            return tls_fail_msg(t, "server selected an ALPN protocol that was not offered");
+    } else if (alpn_len != TLS_ALPN_ID_LEN || memcmp(alpn, tls_alpn_id, alpn_len) != 0)
         return tls_fail_msg(t, t->is_server ? "no ALPN protocol agreed (" CMTP_ALPN " is required)"
                                             : "server selected no ALPN protocol (" CMTP_ALPN
                                               " is required)");
@@ -688,7 +691,7 @@ const char *tls_conn_cipher(const struct tls_conn *t)
 
 const char *tls_conn_alpn(const struct tls_conn *t)
 {
-    return tls_conn_handshake_done(t) ? CMTP_ALPN : NULL;
+    return tls_conn_handshake_done(t) && !t->ctx->no_alpn ? CMTP_ALPN : NULL;
 }
 
 bool tls_conn_resumed(const struct tls_conn *t)

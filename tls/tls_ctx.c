@@ -589,7 +589,8 @@ struct tls_ctx *tls_client_ctx_new(const struct tls_client_config *cfg, char *er
     if (c == NULL)
         return NULL;
     s = c->ssl_ctx;
-    if (SSL_CTX_set_alpn_protos(s, alpn, sizeof(alpn) - 1) != 0 ||
+    c->no_alpn = cfg->no_alpn;
+    if ((!cfg->no_alpn && SSL_CTX_set_alpn_protos(s, alpn, sizeof(alpn) - 1) != 0) ||
         !SSL_CTX_set_purpose(s, X509_PURPOSE_SSL_SERVER)) {
         tls_errf(err, errlen, "tls client: out of memory");
         goto err;

@@ -25,6 +25,7 @@ struct tls_ctx {
     atomic_int refs;
     bool is_server;
     bool has_client_ca;
+    bool no_alpn; /* client context for SMTP STARTTLS: no ALPN offered or required */
     enum tls_client_auth client_auth;
     SSL_CTX *ssl_ctx;
     /* bio_method is the memory BIO of every connection made on this context; each connection

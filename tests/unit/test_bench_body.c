@@ -40,8 +40,8 @@ static void test_size_parse(void **state)
     s.size = 1000;
     bench_size_name(&s, name, sizeof(name));
     assert_string_equal(name, "1000");
-    const char *bad[] = {"", "0", "0k", "k", "1g", "1kk", "-1", " 1", "1 ", "257m",
-                         "99999999999999999999999"};
+    const char *bad[] = {
+        "", "0", "0k", "k", "1g", "1kk", "-1", " 1", "1 ", "257m", "99999999999999999999999"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(bench_size_parse(bad[i], &s), -EINVAL);
 }

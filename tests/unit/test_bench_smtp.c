@@ -84,12 +84,12 @@ static void test_bad(void **state)
 {
     (void)state;
     const char *bad[] = {
-        "25\r\n",                   /* short code */
-        "abc hello\r\n",            /* not digits */
-        "250x hello\r\n",           /* bad separator */
-        "250-a\r\n251 b\r\n",       /* codes differ */
-        "250 bare lf\n",            /* bare LF */
-        "250 bare\rcr\r\n",         /* bare CR */
+        "25\r\n",             /* short code */
+        "abc hello\r\n",      /* not digits */
+        "250x hello\r\n",     /* bad separator */
+        "250-a\r\n251 b\r\n", /* codes differ */
+        "250 bare lf\n",      /* bare LF */
+        "250 bare\rcr\r\n",   /* bare CR */
         "150 not a final class\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

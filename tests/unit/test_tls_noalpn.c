@@ -1,6 +1,6 @@
-/* tests/unit/test_bench_stls.c — cmtp-bench's no-ALPN TLS 1.3 client (SMTP STARTTLS) against a
- * real BoringSSL server over memory: handshake and data both ways, name and CA verification,
- * TLS 1.2 refused, backpressure. Not the SMTP dialogue. */
+/* tests/unit/test_tls_noalpn.c — the no_alpn client context (SMTP STARTTLS for delivery and the
+ * bench) against a real BoringSSL server without ALPN over memory: handshake and data both ways,
+ * name and CA verification, TLS 1.2 refused, backpressure; and that our CMTP server refuses it. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,11 +13,17 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "bench/bench_stls.h"
 #include "tests/unit/helpers/tls_testcerts.h"
 #include "tls/tls.h"
 
 static char dir[TLS_TESTCERTS_DIR_MAX];
+
+/* noalpn_ctx is a client context for SMTP STARTTLS: no ALPN. */
+static struct tls_ctx *noalpn_ctx(const char *ca, char *err, size_t errlen)
+{
+    struct tls_client_config cfg = {.ca_file = ca, .no_alpn = true};
+    return tls_client_ctx_new(&cfg, err, errlen);
+}
 
 static int setup(void **state)
 {
@@ -61,31 +67,31 @@ static void srv_free(struct srv *s)
 }
 
 /* c2s moves the client's pending output into the server; returns octets moved. */
-static size_t c2s(struct bench_stls *c, struct srv *s)
+static size_t c2s(struct tls_conn *c, struct srv *s)
 {
     struct iovec iov[8];
-    size_t n = bench_stls_out_iov(c, iov, 8), tot = 0;
+    size_t n = tls_conn_out_iov(c, iov, 8), tot = 0;
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(BIO_write(SSL_get_rbio(s->ssl), iov[i].iov_base, (int)iov[i].iov_len),
                          (int)iov[i].iov_len);
         tot += iov[i].iov_len;
     }
-    bench_stls_out_consume(c, tot);
+    tls_conn_out_consume(c, tot);
     return tot;
 }
 
-/* s2c moves the server's output into the client; returns what bench_stls_feed said. */
-static enum tls_result s2c(struct srv *s, struct bench_stls *c)
+/* s2c moves the server's output into the client; returns what tls_conn_feed said. */
+static enum tls_result s2c(struct srv *s, struct tls_conn *c)
 {
     uint8_t buf[65536];
     int n = BIO_read(SSL_get_wbio(s->ssl), buf, sizeof(buf));
-    return bench_stls_feed(c, buf, n > 0 ? (size_t)n : 0);
+    return tls_conn_feed(c, buf, n > 0 ? (size_t)n : 0);
 }
 
 /* handshake drives both sides; returns the client's final result. */
-static enum tls_result handshake(struct bench_stls *c, struct srv *s)
+static enum tls_result handshake(struct tls_conn *c, struct srv *s)
 {
-    enum tls_result r = bench_stls_feed(c, NULL, 0);
+    enum tls_result r = tls_conn_feed(c, NULL, 0);
     for (int i = 0; i < 10 && r == TLS_AGAIN; i++) {
         c2s(c, s);
         SSL_do_handshake(s->ssl);
@@ -95,17 +101,16 @@ static enum tls_result handshake(struct bench_stls *c, struct srv *s)
     SSL_do_handshake(s->ssl);
     if (r == TLS_ERROR) {
         char why[200];
-        bench_stls_error_string(c, why, sizeof(why));
+        tls_conn_error_string(c, why, sizeof(why));
         print_message("handshake: %s\n", why);
     }
     return r;
 }
 
-static struct bench_stls_ctx *ctx_with(const char *ca)
+static struct tls_ctx *ctx_with(const char *ca)
 {
     char p[512], err[256];
-    struct bench_stls_ctx *c = bench_stls_ctx_new(tls_testcerts_path(p, sizeof(p), dir, ca), err,
-                                                  sizeof(err));
+    struct tls_ctx *c = noalpn_ctx(tls_testcerts_path(p, sizeof(p), dir, ca), err, sizeof(err));
     assert_non_null(c);
     return c;
 }
@@ -113,8 +118,8 @@ static struct bench_stls_ctx *ctx_with(const char *ca)
 static void test_roundtrip(void **state)
 {
     (void)state;
-    struct bench_stls_ctx *cx = ctx_with("ca.pem");
-    struct bench_stls *c = bench_stls_new(cx, "mx.example.org");
+    struct tls_ctx *cx = ctx_with("ca.pem");
+    struct tls_conn *c = tls_conn_new_client(cx, "mx.example.org");
     struct srv s;
     uint8_t buf[256];
     size_t n = 0, w = 0;
@@ -122,11 +127,10 @@ static void test_roundtrip(void **state)
 
     srv_new(&s, TLS1_3_VERSION);
     assert_non_null(c);
-    assert_int_equal(bench_stls_write(c, (const uint8_t *)"x", 1, &w), TLS_ERROR); /* too early */
     assert_int_equal(handshake(c, &s), TLS_OK);
-    assert_true(bench_stls_handshake_done(c));
+    assert_true(tls_conn_handshake_done(c));
     /* client -> server */
-    assert_int_equal(bench_stls_write(c, (const uint8_t *)msg, strlen(msg), &w), TLS_OK);
+    assert_int_equal(tls_conn_write(c, (const uint8_t *)msg, strlen(msg), &w), TLS_OK);
     assert_int_equal(w, strlen(msg));
     c2s(c, &s);
     assert_int_equal(SSL_read(s.ssl, buf, sizeof(buf)), (int)strlen(msg));
@@ -134,24 +138,24 @@ static void test_roundtrip(void **state)
     /* server -> client (tickets first, then data) */
     assert_int_equal(SSL_write(s.ssl, "250 ok\r\n", 8), 8);
     assert_int_equal(s2c(&s, c), TLS_OK);
-    assert_int_equal(bench_stls_read(c, buf, sizeof(buf), &n), TLS_OK);
+    assert_int_equal(tls_conn_read(c, buf, sizeof(buf), &n), TLS_OK);
     assert_int_equal(n, 8);
     assert_memory_equal(buf, "250 ok\r\n", 8);
-    assert_int_equal(bench_stls_read(c, buf, sizeof(buf), &n), TLS_AGAIN);
+    assert_int_equal(tls_conn_read(c, buf, sizeof(buf), &n), TLS_AGAIN);
     /* close_notify */
     SSL_shutdown(s.ssl);
     assert_int_equal(s2c(&s, c), TLS_OK);
-    assert_int_equal(bench_stls_read(c, buf, sizeof(buf), &n), TLS_CLOSED);
-    bench_stls_free(c);
+    assert_int_equal(tls_conn_read(c, buf, sizeof(buf), &n), TLS_CLOSED);
+    tls_conn_free(c);
     srv_free(&s);
-    bench_stls_ctx_free(cx);
+    tls_ctx_unref(cx);
 }
 
 static void test_backpressure(void **state)
 {
     (void)state;
-    struct bench_stls_ctx *cx = ctx_with("ca.pem");
-    struct bench_stls *c = bench_stls_new(cx, "mx.example.org");
+    struct tls_ctx *cx = ctx_with("ca.pem");
+    struct tls_conn *c = tls_conn_new_client(cx, "mx.example.org");
     struct srv s;
     static uint8_t big[256 * 1024], got[256 * 1024];
     size_t off = 0, rcvd = 0, w;
@@ -162,9 +166,9 @@ static void test_backpressure(void **state)
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (uint8_t)(i * 7);
     while (off < sizeof(big)) {
-        enum tls_result r = bench_stls_write(c, big + off, sizeof(big) - off, &w);
+        enum tls_result r = tls_conn_write(c, big + off, sizeof(big) - off, &w);
         struct iovec iov[16];
-        size_t pend = 0, k = bench_stls_out_iov(c, iov, 16);
+        size_t pend = 0, k = tls_conn_out_iov(c, iov, 16);
         for (size_t i = 0; i < k; i++)
             pend += iov[i].iov_len;
         /* at most one record past the threshold */
@@ -185,50 +189,49 @@ static void test_backpressure(void **state)
     assert_true(rounds > 0);
     assert_int_equal(rcvd, sizeof(big));
     assert_memory_equal(got, big, sizeof(big));
-    bench_stls_free(c);
+    tls_conn_free(c);
     srv_free(&s);
-    bench_stls_ctx_free(cx);
+    tls_ctx_unref(cx);
 }
 
 static void test_refusals(void **state)
 {
     (void)state;
-    struct bench_stls_ctx *cx = ctx_with("ca.pem"), *cx2 = ctx_with("ca2.pem");
-    struct bench_stls *c;
+    struct tls_ctx *cx = ctx_with("ca.pem"), *cx2 = ctx_with("ca2.pem");
+    struct tls_conn *c;
     struct srv s;
     char why[200];
     char p[512], err[256];
 
     /* wrong name */
     srv_new(&s, TLS1_3_VERSION);
-    c = bench_stls_new(cx, "other.example.org");
+    c = tls_conn_new_client(cx, "other.example.org");
     assert_int_equal(handshake(c, &s), TLS_ERROR);
-    bench_stls_error_string(c, why, sizeof(why));
+    tls_conn_error_string(c, why, sizeof(why));
     assert_non_null(strstr(why, "certificate"));
-    bench_stls_free(c);
+    tls_conn_free(c);
     srv_free(&s);
     /* untrusted CA */
     srv_new(&s, TLS1_3_VERSION);
-    c = bench_stls_new(cx2, "mx.example.org");
+    c = tls_conn_new_client(cx2, "mx.example.org");
     assert_int_equal(handshake(c, &s), TLS_ERROR);
-    bench_stls_free(c);
+    tls_conn_free(c);
     srv_free(&s);
     /* a TLS 1.2-only server */
     srv_new(&s, TLS1_2_VERSION);
-    c = bench_stls_new(cx, "mx.example.org");
+    c = tls_conn_new_client(cx, "mx.example.org");
     assert_int_equal(handshake(c, &s), TLS_ERROR);
-    bench_stls_error_string(c, why, sizeof(why));
+    tls_conn_error_string(c, why, sizeof(why));
     assert_string_not_equal(why, "no error");
-    bench_stls_free(c);
+    tls_conn_free(c);
     srv_free(&s);
     /* a missing CA file */
-    assert_null(bench_stls_ctx_new(tls_testcerts_path(p, sizeof(p), dir, "nope.pem"), err,
-                                   sizeof(err)));
+    assert_null(noalpn_ctx(tls_testcerts_path(p, sizeof(p), dir, "nope.pem"), err, sizeof(err)));
     assert_non_null(strstr(err, "nope.pem"));
-    bench_stls_free(NULL);
-    bench_stls_ctx_free(NULL);
-    bench_stls_ctx_free(cx);
-    bench_stls_ctx_free(cx2);
+    tls_conn_free(NULL);
+    tls_ctx_unref(NULL);
+    tls_ctx_unref(cx);
+    tls_ctx_unref(cx2);
 }
 
 int main(void)
