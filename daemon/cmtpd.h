@@ -89,7 +89,7 @@ struct cmtpd {
     char hostname[CMTP_DOMAIN_MAX + 1];
     char redis_address[PATH_MAX + 16]; /* "unix:/path" or "host:port" */
     char node_id[64];
-    pid_t redis_pid; /* embedded redis-server, or 0 */
+    pid_t redis_pid; /* the embedded Redis keeper (daemon/keeper.h), or 0 */
     struct tls_ctx *tls;
     struct io_engine *engine;
     unsigned n_workers;

@@ -26,7 +26,7 @@
 
 #include "core/addr.h"
 #include "daemon/cmtpd.h"
-#include "queue/redis_embed.h"
+#include "daemon/keeper.h"
 
 /* malloc_conf tunes jemalloc (release build) for a server that allocates per-connection
  * objects of 16-64 KiB: keep them in the thread cache and purge dirty pages lazily, instead of
@@ -467,14 +467,14 @@ int main(int argc, char **argv)
     if (c->redis.address.kind == CMTP_CONFIG_SOCKET_NONE) {
         char dir[PATH_MAX], sock[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/redis", c->server.state_dir);
-        if (redis_embed_start(c->redis.redis_server, dir, sock, sizeof(sock), &d->redis_pid, err,
-                              sizeof(err)) < 0) {
+        if (keeper_start(c->redis.redis_server, dir, sock, sizeof(sock), &d->redis_pid, err,
+                         sizeof(err)) < 0) {
             fprintf(stderr, "cmtpd: embedded redis-server: %s\n", err);
             goto out;
         }
         snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", sock);
         CMTP_LOG(&d->log, CMTP_LOG_INFO, "redis-started", cmtp_log_str("socket", sock),
-                 cmtp_log_int("pid", d->redis_pid));
+                 cmtp_log_int("keeper", d->redis_pid));
     } else if (c->redis.address.kind == CMTP_CONFIG_SOCKET_UNIX) {
         snprintf(d->redis_address, sizeof(d->redis_address), "unix:%s", c->redis.address.path);
     } else {
@@ -528,7 +528,7 @@ out:
     tls_ctx_unref(d->tls);
     free(d->ip_conns);
     if (d->redis_pid > 0)
-        redis_embed_stop(d->redis_pid);
+        keeper_stop(d->redis_pid);
     cmtpd_cfg_unref(d->cfg);
     free(d);
     return code;

@@ -20,10 +20,23 @@ rpid=$(cat "$T/state/redis/redis.pid" 2>/dev/null)
 cmd=$(grep -A2 'printf' "$T/run.out" | sed "s|build/cmtp-send|$B/cmtp-send|" | tr -d '\\\n')
 out=$(bash -c "$cmd" 2>&1)
 check "the printed command sends a message" grep -q '^accepted id=' <<<"$out"
+# Supervision: kill -9 the embedded redis-server; the keeper restarts it and mail flows again.
+kill -9 "$rpid"
+wait_for bash -c '[ "$(redis-cli -s "$1" ping 2>/dev/null)" = PONG ]' _ "$T/state/redis/redis.sock"
+rpid2=$(cat "$T/state/redis/redis.pid" 2>/dev/null)
+check "the keeper restarted redis-server after kill -9" bash -c '[ -n "$1" ] && [ "$1" != "$2" ] && kill -0 "$1"' _ "$rpid2" "$rpid"
+ok2=0
+for _ in $(seq 1 50); do out=$(bash -c "$cmd" 2>&1); grep -q '^accepted id=' <<<"$out" && { ok2=1; break; }; sleep 0.2; done
+check "mail accepted again after the restart" [ $ok2 -eq 1 ]
+check "the restart is logged" grep -q 'event=redis-restarted' "$T/run.err"
+rpid=$rpid2
+kpid=$(pgrep -x -P "$RUN" cmtpd-keeper)
+check "the keeper is a child of cmtpd" [ -n "$kpid" ]
 kill -TERM "$RUN"
 for _ in $(seq 1 100); do kill -0 "$RUN" 2>/dev/null || break; sleep 0.1; done
 wait "$RUN"; rc=$?
 check "SIGTERM: cmtpd exits 0" [ $rc -eq 0 ]
+check "no keeper left" bash -c '[ -n "$1" ] && ! kill -0 "$1" 2>/dev/null' _ "$kpid"
 check "the embedded redis-server is stopped" bash -c '[ -n "$1" ] && ! kill -0 "$1" 2>/dev/null' _ "$rpid"
 grep -q 'ERROR: AddressSanitizer\|runtime error' "$T/run.err" && bad "sanitizer report" || ok "no sanitizer report"
 finish
