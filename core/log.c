@@ -397,7 +397,7 @@ void cmtp_log_sink_fd(void *arg, enum cmtp_log_level level, const char *line, si
 void cmtp_log_init(struct cmtp_log *log, enum cmtp_log_level level, enum cmtp_log_format format,
                    cmtp_log_sink_fn sink, void *arg)
 {
-    log->level = level;
+    atomic_init(&log->level, (int)level);
     log->format = format;
     if (sink == NULL) {
         log->sink = cmtp_log_sink_fd;
@@ -410,7 +410,7 @@ void cmtp_log_init(struct cmtp_log *log, enum cmtp_log_level level, enum cmtp_lo
 
 bool cmtp_log_enabled(const struct cmtp_log *log, enum cmtp_log_level level)
 {
-    return log != NULL && level <= log->level;
+    return log != NULL && (int)level <= atomic_load_explicit(&log->level, memory_order_relaxed);
 }
 
 void cmtp_log_event(const struct cmtp_log *log, enum cmtp_log_level level, const char *event,
@@ -481,4 +481,9 @@ int cmtp_log_format_parse(enum cmtp_log_format *out, const char *s, size_t len)
         return -EINVAL;
     *out = (enum cmtp_log_format)i;
     return 0;
+}
+
+void cmtp_log_set_level(struct cmtp_log *log, enum cmtp_log_level level)
+{
+    atomic_store_explicit(&log->level, (int)level, memory_order_relaxed);
 }

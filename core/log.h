@@ -3,6 +3,7 @@
 #ifndef CMTP_CORE_LOG_H
 #define CMTP_CORE_LOG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -36,7 +37,7 @@ typedef void (*cmtp_log_sink_fn)(void *arg, enum cmtp_log_level level, const cha
 /* cmtp_log is a logger. It is immutable after cmtp_log_init, so one may be shared by every
  * thread; the caller owns the storage and whatever |arg| points to. */
 struct cmtp_log {
-    enum cmtp_log_level level;
+    _Atomic int level; /* an enum cmtp_log_level; cmtp_log_set_level may change it */
     enum cmtp_log_format format;
     cmtp_log_sink_fn sink;
     void *arg;
@@ -102,6 +103,10 @@ static inline struct cmtp_log_field cmtp_log_uint(const char *key, uint64_t v)
  * |sink| with |arg|. A NULL |sink| selects cmtp_log_sink_fd on standard error (fd 2). */
 void cmtp_log_init(struct cmtp_log *log, enum cmtp_log_level level, enum cmtp_log_format format,
                    cmtp_log_sink_fn sink, void *arg);
+
+/* cmtp_log_set_level changes the level of |log| at run time; safe while other threads log
+ * (the one field a logger lets change after cmtp_log_init). */
+void cmtp_log_set_level(struct cmtp_log *log, enum cmtp_log_level level);
 
 /* cmtp_log_enabled reports whether an event of |level| would be written by |log|, so that a
  * caller can skip preparing costly fields. */

@@ -4,6 +4,7 @@
 #define CMTP_DAEMON_CMTPD_H
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -12,6 +13,8 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "admin/admin.h"
+#include "admin/metrics.h"
 #include "core/server.h"
 #include "io/engine.h"
 #include "queue/queue.h"
@@ -27,6 +30,14 @@
 /* CMTPD_IP_SLOTS is the size of the per-IP connection table: addresses hash into it, so two
  * addresses may share a slot and count together (the limit can only be stricter, never looser). */
 #define CMTPD_IP_SLOTS 65536
+
+/* CMTPD_COMMIT_BUCKETS is the number of finite bounds of the commit latency histogram; the
+ * bounds, in milliseconds, are CMTPD_COMMIT_BOUNDS_MS. */
+#define CMTPD_COMMIT_BUCKETS 13
+#define CMTPD_COMMIT_BOUNDS_MS                                                                     \
+    {                                                                                              \
+        0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000                                  \
+    }
 
 /* CMTPD_DRAIN_TIMEOUT_MS bounds a graceful drain; connections still open then are closed. */
 #define CMTPD_DRAIN_TIMEOUT_MS 30000
@@ -45,6 +56,10 @@ struct cmtpd_counters {
     _Atomic uint64_t body_bytes;        /* body octets received */
     _Atomic uint64_t timeouts;          /* connections closed by a deadline */
     _Atomic uint64_t ip_refused;        /* connections refused by conn_per_ip_max */
+    /* commit_ms: END to the durable answer (Redis commit), per-bucket counts for the bounds of
+     * CMTPD_COMMIT_BOUNDS_MS plus one above; commit_us_sum their sum in microseconds. */
+    _Atomic uint64_t commit_ms[CMTPD_COMMIT_BUCKETS + 1];
+    _Atomic uint64_t commit_us_sum;
 };
 
 struct cmtpd;
@@ -98,7 +113,26 @@ struct cmtpd {
     /* ip_conns counts open connections per hashed peer address, shared by the workers (one
      * atomic add at accept and one at close; nothing on the data path). */
     _Atomic uint32_t *ip_conns;
+    uint64_t started_ms;      /* CLOCK_REALTIME at start */
+    pthread_mutex_t cfg_lock; /* serializes reloads (signal and admin) and readers of |cfg| */
+    struct admin_server *admin;
+    struct admin_http *metrics_http;
+    _Atomic bool draining; /* drain requested (signal or admin); resume clears it */
 };
+
+/* cmtpd_reload loads the configuration and certificates again (see cmtpd_main.c). Takes
+ * |d|->cfg_lock. Returns 0, or -EINVAL with the reason in |err| (the running ones are kept). */
+int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen);
+
+/* cmtpd_admin_start opens the admin socket ([admin] socket) and, when configured, the metrics
+ * HTTP listener. Returns 0 or -errno with the reason in |err|. */
+int cmtpd_admin_start(struct cmtpd *d, char *err, size_t errlen);
+
+/* cmtpd_admin_stop closes them. */
+void cmtpd_admin_stop(struct cmtpd *d);
+
+/* cmtpd_worker_resume lets |w| accept new sessions again after a drain (runs on |w|). */
+void cmtpd_worker_resume(void *w);
 
 /* cmtpd_worker_set_cfg makes |w| use |cfg| and |tls| for new sessions (references taken) and
  * drops its old ones. Runs on |w|'s thread. */

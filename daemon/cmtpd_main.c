@@ -222,7 +222,7 @@ static void reload_on_worker(void *arg)
  * theirs). Settings that need a restart (listeners, workers, Redis, state_dir, user) are kept
  * and a warning says so. Returns 0, or -EINVAL with the reason in |err| (the old configuration
  * stays in force). */
-static int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
+int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
 {
     struct cmtpd_cfg *g = load_config(d->cfg_path, err, errlen);
     struct tls_ctx *tls;
@@ -233,6 +233,7 @@ static int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
         cmtpd_cfg_unref(g);
         return -EINVAL;
     }
+    pthread_mutex_lock(&d->cfg_lock);
     const struct cmtp_config *o = &d->cfg->c;
     if (memcmp(o->server.listen, g->c.server.listen, sizeof(o->server.listen)) != 0 ||
         o->server.listen_count != g->c.server.listen_count ||
@@ -257,6 +258,8 @@ static int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
     d->cfg = g;
     tls_ctx_unref(d->tls);
     d->tls = tls;
+    cmtp_log_set_level(&d->log, g->c.log.level);
+    pthread_mutex_unlock(&d->cfg_lock);
     return 0;
 }
 
@@ -333,6 +336,12 @@ int main(int argc, char **argv)
 
     if (d == NULL)
         return 1;
+    pthread_mutex_init(&d->cfg_lock, NULL);
+    {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        d->started_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    }
     while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -490,6 +499,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "cmtpd: cannot start the workers\n");
         goto out;
     }
+    if (cmtpd_admin_start(d, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cmtpd: admin socket: %s\n", err);
+        io_engine_stop(d->engine);
+        io_engine_join(d->engine);
+        goto out;
+    }
     CMTP_LOG(&d->log, CMTP_LOG_INFO, "started", cmtp_log_str("version", CMTPD_VERSION),
              cmtp_log_str("host", d->hostname), cmtp_log_uint("workers", d->n_workers),
              cmtp_log_str("redis", d->redis_address), cmtp_log_uint("uid", getuid()));
@@ -519,6 +534,7 @@ int main(int argc, char **argv)
             sd_notify_send("READY=1");
         }
     }
+    cmtpd_admin_stop(d);
     io_engine_stop(d->engine);
     io_engine_join(d->engine);
     CMTP_LOG(&d->log, CMTP_LOG_INFO, "stopped");

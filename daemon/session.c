@@ -40,6 +40,7 @@ struct cmtpd_sess {
     struct queue_txn_meta meta;
     const struct cmtp_envelope *env; /* the open transaction's envelope (owned by srv) */
     uint64_t txn_deadline_ms;        /* whole-transaction deadline, 0 when none */
+    uint64_t commit_start_us;        /* when the commit was sent (latency histogram) */
     enum sess_phase phase;
     bool send_inflight; /* one io send at a time, straight from the TLS chain */
     size_t send_len;    /* octets of that send */
@@ -246,9 +247,28 @@ static void sess_log_result(struct cmtpd_sess *s, const char *event,
              cmtp_log_str("reason", reason ? reason : "-"));
 }
 
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* commit_observe adds one END-to-durable-answer latency to the worker's histogram. */
+static void commit_observe(struct cmtpd_worker *w, uint64_t us)
+{
+    static const double bounds[CMTPD_COMMIT_BUCKETS] = CMTPD_COMMIT_BOUNDS_MS;
+    size_t i = 0;
+    while (i < CMTPD_COMMIT_BUCKETS && (double)us > bounds[i] * 1000.0)
+        i++;
+    atomic_fetch_add_explicit(&w->ctr.commit_ms[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->ctr.commit_us_sum, us, memory_order_relaxed);
+}
+
 static void sess_commit_done(void *arg, const struct queue_commit_result *r)
 {
     struct cmtpd_sess *s = arg;
+    commit_observe(s->w, mono_us() - s->commit_start_us);
     const struct cmtp_envelope *env = NULL;
     struct cmtp_srv_end_answer a = {.result = CMTP_SRV_END_TEMPFAIL};
     s->txn = NULL; /* freed by the queue after this callback */
@@ -295,6 +315,7 @@ static void sess_end(struct cmtpd_sess *s, const struct cmtp_srv_event *ev)
         a.result = CMTP_SRV_END_DIGEST_MISMATCH;
         why = "digest-mismatch";
     } else if (!s->txn_failed && s->txn != NULL) {
+        s->commit_start_us = mono_us();
         if (queue_txn_commit(s->txn, digest, sess_commit_done, s) == 0) {
             s->waiting = true;
             return;
@@ -673,6 +694,12 @@ static void on_close(struct io_conn *c, int reason)
     OPENSSL_cleanse(&s->sha, sizeof(s->sha));
     free(s);
     io_conn_set_ctx(c, NULL);
+}
+
+void cmtpd_worker_resume(void *arg)
+{
+    struct cmtpd_worker *w = arg;
+    w->draining = false;
 }
 
 void cmtpd_worker_drain(void *arg)

@@ -54,7 +54,7 @@ run_suite fmt-check make -s fmt-check
 for b in build build/asan; do
   for t in "$b"/tests/test_*; do
     [ -x "$t" ] || continue
-    run_suite "unit:${b#build}:$(basename "$t")" env CMOCKA_MESSAGE_OUTPUT=stdout "$t"
+    run_suite "unit:${b#build}:$(basename "$t")" env CMOCKA_MESSAGE_OUTPUT=stdout CMTPCTL_BIN="$PWD/$b/cmtpctl" "$t"
   done
 done
 

@@ -1,0 +1,411 @@
+/* daemon/admin_glue.c — the daemon's side of the admin socket: status, stats, metrics, drain,
+ * resume, reload and log level, answered by asking the worker threads. Not the socket server
+ * (admin/) and not the queue commands' Redis logic (queue/). */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/cmtpd.h"
+
+/* ADMIN_GATHER_TIMEOUT_MS bounds how long a command waits for the workers' answers. */
+#define ADMIN_GATHER_TIMEOUT_MS 2000
+
+/* wsnap is what one worker reports about itself; taken on the worker's own thread. */
+struct wsnap {
+    unsigned id;
+    enum queue_conn_state qstate;
+    char qerr[128];
+    struct queue_stats qs;
+    unsigned sessions;
+};
+
+/* gather_task carries one worker's part of a fan-out. */
+struct gather_task {
+    struct cmtpd_worker *w;
+    struct admin_wait *wait;
+    unsigned i;
+};
+
+static void gather_on_worker(void *arg)
+{
+    struct gather_task *t = arg;
+    struct wsnap *snap = admin_wait_slot(t->wait, t->i);
+    const char *e = NULL;
+    snap->id = t->w->id;
+    snap->qstate = queue_state(t->w->q, &e);
+    snprintf(snap->qerr, sizeof(snap->qerr), "%s", e != NULL ? e : "");
+    queue_get_stats(t->w->q, &snap->qs);
+    snap->sessions = t->w->n_sessions;
+    admin_wait_done(t->wait, t->i);
+    free(t);
+}
+
+/* gather asks every worker for a snapshot; returns the rendezvous (release it) or NULL. */
+static struct admin_wait *gather(struct cmtpd *d, char *err, size_t errlen)
+{
+    struct admin_wait *wait = admin_wait_new(d->n_workers, sizeof(struct wsnap), NULL);
+    if (wait == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        struct gather_task *t = malloc(sizeof(*t));
+        if (t == NULL || d->workers[i] == NULL) {
+            free(t);
+            admin_wait_done(wait, i);
+            continue;
+        }
+        *t = (struct gather_task){d->workers[i], wait, i};
+        if (io_worker_post(d->workers[i]->io, gather_on_worker, t) < 0) {
+            free(t);
+            admin_wait_done(wait, i);
+        }
+    }
+    if (admin_wait_wait_ms(wait, ADMIN_GATHER_TIMEOUT_MS) < 0) {
+        admin_wait_release(wait);
+        snprintf(err, errlen, "workers did not answer within %d ms", ADMIN_GATHER_TIMEOUT_MS);
+        return NULL;
+    }
+    return wait;
+}
+
+static const char *qstate_name(enum queue_conn_state s)
+{
+    return s == QUEUE_CONNECTED ? "connected" : s == QUEUE_CONNECTING ? "connecting" : "down";
+}
+
+static uint64_t ld(_Atomic uint64_t *p)
+{
+    return atomic_load_explicit(p, memory_order_relaxed);
+}
+
+static int op_status(void *arg, const struct admin_request *req, json_t *out, char *err,
+                     size_t errlen)
+{
+    struct cmtpd *d = arg;
+    struct admin_wait *wait;
+    json_t *listeners = json_array(), *redis = json_object();
+    unsigned up = 0;
+    (void)req;
+    pthread_mutex_lock(&d->cfg_lock);
+    const struct cmtp_config *c = &d->cfg->c;
+    for (size_t i = 0; i < c->server.listen_count; i++) {
+        char where[CMTP_DOMAIN_MAX + 16];
+        const struct cmtp_config_endpoint *e = &c->server.listen[i];
+        snprintf(where, sizeof(where), e->kind == CMTP_CONFIG_HOST_IPV6 ? "[%s]:%u" : "%s:%u",
+                 e->host, e->port);
+        json_array_append_new(listeners,
+                              json_pack("{s:s,s:s}", "address", where, "proto", "cmtp/1"));
+    }
+    pthread_mutex_unlock(&d->cfg_lock);
+    json_object_set_new(out, "workers", json_integer(d->n_workers));
+    json_object_set_new(out, "listeners", listeners);
+    json_object_set_new(out, "host", json_string(d->hostname));
+    json_object_set_new(out, "draining", json_boolean(atomic_load(&d->draining)));
+    json_object_set_new(redis, "address", json_string(d->redis_address));
+    json_object_set_new(redis, "embedded", json_boolean(d->redis_pid > 0));
+    wait = gather(d, err, errlen);
+    if (wait == NULL) {
+        json_decref(redis);
+        return -ETIMEDOUT;
+    }
+    const char *last = "";
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        const struct wsnap *w = admin_wait_slot(wait, i);
+        if (w->qstate == QUEUE_CONNECTED)
+            up++;
+        else if (w->qerr[0])
+            last = w->qerr;
+    }
+    json_object_set_new(redis, "state",
+                        json_string(up == d->n_workers ? "connected"
+                                    : up               ? "partial"
+                                                       : "down"));
+    json_object_set_new(redis, "workers_connected", json_integer(up));
+    json_object_set_new(redis, "last_error", json_string(last));
+    admin_wait_release(wait);
+    json_object_set_new(out, "redis", redis);
+    return 0;
+}
+
+/* worker_json is one worker's counters and gauges. */
+static json_t *worker_json(struct cmtpd *d, unsigned i, const struct wsnap *w)
+{
+    struct cmtpd_worker *wk = d->workers[i];
+    struct io_worker_stats io;
+    io_worker_stats(wk->io, &io);
+    return json_pack(
+        "{s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I}",
+        "worker", (json_int_t)i, "connections", (json_int_t)io.conns, "accepted_connections",
+        (json_int_t)io.accepted, "refused_connections", (json_int_t)(io.refused + io.rejected),
+        "handshakes", (json_int_t)ld(&wk->ctr.handshakes), "handshakes_failed",
+        (json_int_t)ld(&wk->ctr.handshakes_failed), "resumed", (json_int_t)ld(&wk->ctr.resumed),
+        "sessions", (json_int_t)ld(&wk->ctr.sessions), "messages_accepted",
+        (json_int_t)ld(&wk->ctr.accepted), "duplicates", (json_int_t)ld(&wk->ctr.dups), "tempfails",
+        (json_int_t)ld(&wk->ctr.tempfails), "refused", (json_int_t)ld(&wk->ctr.refused), "timeouts",
+        (json_int_t)ld(&wk->ctr.timeouts), "ip_refused", (json_int_t)ld(&wk->ctr.ip_refused),
+        "body_bytes", (json_int_t)ld(&wk->ctr.body_bytes), "bytes_in", (json_int_t)io.bytes_in,
+        "bytes_out", (json_int_t)io.bytes_out, "redis_inflight", (json_int_t)w->qs.inflight,
+        "redis_state", qstate_name(w->qstate), "redis_commands", (json_int_t)w->qs.cmds_sent,
+        "redis_errors", (json_int_t)w->qs.errors);
+}
+
+static int op_stats(void *arg, const struct admin_request *req, json_t *out, char *err,
+                    size_t errlen)
+{
+    struct cmtpd *d = arg;
+    struct admin_wait *wait = gather(d, err, errlen);
+    json_t *workers = json_array(), *total = json_object();
+    (void)req;
+    if (wait == NULL) {
+        json_decref(workers);
+        json_decref(total);
+        return -ETIMEDOUT;
+    }
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        if (d->workers[i] == NULL)
+            continue;
+        json_t *w = worker_json(d, i, admin_wait_slot(wait, i));
+        const char *k;
+        json_t *v;
+        json_object_foreach(w, k, v)
+        {
+            if (!json_is_integer(v) || strcmp(k, "worker") == 0)
+                continue;
+            json_t *t = json_object_get(total, k);
+            json_object_set_new(
+                total, k, json_integer((t ? json_integer_value(t) : 0) + json_integer_value(v)));
+        }
+        json_array_append_new(workers, w);
+    }
+    admin_wait_release(wait);
+    json_object_set_new(out, "workers", workers);
+    json_object_set_new(out, "total", total);
+    return 0;
+}
+
+static int op_drain(void *arg, const struct admin_request *req, json_t *out, char *err,
+                    size_t errlen)
+{
+    struct cmtpd *d = arg;
+    (void)req, (void)err, (void)errlen;
+    atomic_store(&d->draining, true);
+    for (unsigned i = 0; i < d->n_workers; i++)
+        if (d->workers[i] != NULL)
+            io_worker_post(d->workers[i]->io, cmtpd_worker_drain, d->workers[i]);
+    CMTP_LOG(&d->log, CMTP_LOG_INFO, "draining", cmtp_log_str("by", "admin"));
+    json_object_set_new(out, "draining", json_true());
+    return 0;
+}
+
+static int op_resume(void *arg, const struct admin_request *req, json_t *out, char *err,
+                     size_t errlen)
+{
+    struct cmtpd *d = arg;
+    (void)req, (void)err, (void)errlen;
+    atomic_store(&d->draining, false);
+    for (unsigned i = 0; i < d->n_workers; i++)
+        if (d->workers[i] != NULL)
+            io_worker_post(d->workers[i]->io, cmtpd_worker_resume, d->workers[i]);
+    CMTP_LOG(&d->log, CMTP_LOG_INFO, "resumed", cmtp_log_str("by", "admin"));
+    json_object_set_new(out, "draining", json_false());
+    return 0;
+}
+
+static int op_reload(void *arg, const struct admin_request *req, json_t *out, char *err,
+                     size_t errlen)
+{
+    struct cmtpd *d = arg;
+    (void)req;
+    if (cmtpd_reload(d, err, errlen) < 0) {
+        CMTP_LOG(&d->log, CMTP_LOG_ERROR, "reload-refused", cmtp_log_str("reason", err),
+                 cmtp_log_str("kept", "the running configuration"));
+        return -EINVAL;
+    }
+    CMTP_LOG(&d->log, CMTP_LOG_INFO, "reloaded", cmtp_log_str("by", "admin"));
+    json_object_set_new(out, "reloaded", json_true());
+    return 0;
+}
+
+static int op_log_level(void *arg, const struct admin_request *req, json_t *out, char *err,
+                        size_t errlen)
+{
+    struct cmtpd *d = arg;
+    (void)out, (void)err, (void)errlen;
+    cmtp_log_set_level(&d->log, req->level);
+    return 0;
+}
+
+/* sum_ctr adds up, over the workers, the counter at offset |off| of struct cmtpd_counters. */
+static uint64_t sum_ctr(const struct cmtpd *d, size_t off)
+{
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < d->n_workers; i++)
+        if (d->workers[i] != NULL)
+            sum += ld((_Atomic uint64_t *)((char *)&d->workers[i]->ctr + off));
+    return sum;
+}
+#define SUM_CTR(d, field) sum_ctr((d), offsetof(struct cmtpd_counters, field))
+
+static void counter(struct admin_metrics *m, const char *name, const char *help, uint64_t v)
+{
+    admin_metrics_family(m, name, ADMIN_METRIC_COUNTER, help);
+    admin_metrics_uvalue(m, NULL, 0, v);
+}
+
+static void gauge(struct admin_metrics *m, const char *name, const char *help, double v)
+{
+    admin_metrics_family(m, name, ADMIN_METRIC_GAUGE, help);
+    admin_metrics_value(m, NULL, 0, v);
+}
+
+static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen)
+{
+    struct cmtpd *d = arg;
+    struct admin_metrics m;
+    struct io_worker_stats io = {0};
+    struct admin_wait *wait = gather(d, err, errlen);
+    if (wait == NULL)
+        return -ETIMEDOUT;
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        struct io_worker_stats w;
+        if (d->workers[i] == NULL)
+            continue;
+        io_worker_stats(d->workers[i]->io, &w);
+        io.accepted += w.accepted;
+        io.refused += w.refused + w.rejected;
+        io.conns += w.conns;
+        io.bytes_in += w.bytes_in;
+        io.bytes_out += w.bytes_out;
+    }
+    admin_metrics_init(&m, buf);
+    gauge(&m, "cmtp_up", "1 while cmtpd runs.", 1);
+    gauge(&m, "cmtp_workers", "Worker threads.", d->n_workers);
+    gauge(&m, "cmtp_connections", "Open connections.", (double)io.conns);
+    counter(&m, "cmtp_connections_accepted_total", "Connections accepted.", io.accepted);
+    admin_metrics_family(&m, "cmtp_connections_refused_total", ADMIN_METRIC_COUNTER,
+                         "Connections refused before TLS, by reason.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "conn_max"}}, 1, io.refused);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "per_ip"}}, 1,
+                         SUM_CTR(d, ip_refused));
+    counter(&m, "cmtp_handshakes_total", "TLS handshakes completed.", SUM_CTR(d, handshakes));
+    counter(&m, "cmtp_handshakes_resumed_total", "Of the handshakes, resumed from a ticket.",
+            SUM_CTR(d, resumed));
+    admin_metrics_family(&m, "cmtp_handshake_failures_total", ADMIN_METRIC_COUNTER,
+                         "TLS handshakes that failed, by reason.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "refused"}}, 1,
+                         SUM_CTR(d, handshakes_failed));
+    counter(&m, "cmtp_timeouts_total", "Connections closed by a deadline.", SUM_CTR(d, timeouts));
+    admin_metrics_family(&m, "cmtp_messages_total", ADMIN_METRIC_COUNTER,
+                         "Messages by outcome at END.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "accepted"}}, 1,
+                         SUM_CTR(d, accepted));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "duplicate"}}, 1, SUM_CTR(d, dups));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "deferred"}}, 1,
+                         SUM_CTR(d, tempfails));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "refused"}}, 1,
+                         SUM_CTR(d, refused));
+    counter(&m, "cmtp_body_bytes_total", "Message body octets received.", SUM_CTR(d, body_bytes));
+    counter(&m, "cmtp_network_received_bytes_total", "Octets received (TLS records).", io.bytes_in);
+    counter(&m, "cmtp_network_sent_bytes_total", "Octets sent (TLS records).", io.bytes_out);
+    /* Redis, from the workers' own snapshots. */
+    uint64_t cmds = 0, errs = 0, lat_sum = 0, lat_max = 0, up = 0, inflight = 0;
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        const struct wsnap *w = admin_wait_slot(wait, i);
+        cmds += w->qs.cmds_sent;
+        errs += w->qs.errors;
+        lat_sum += w->qs.latency_us_sum;
+        lat_max = w->qs.latency_us_max > lat_max ? w->qs.latency_us_max : lat_max;
+        up += w->qstate == QUEUE_CONNECTED;
+        inflight += w->qs.inflight;
+    }
+    admin_wait_release(wait);
+    gauge(&m, "cmtp_redis_connected_workers", "Workers connected to Redis.", (double)up);
+    counter(&m, "cmtp_redis_commands_total", "Redis commands sent.", cmds);
+    counter(&m, "cmtp_redis_errors_total", "Redis error replies.", errs);
+    gauge(&m, "cmtp_redis_inflight", "Redis commands outstanding.", (double)inflight);
+    admin_metrics_family(&m, "cmtp_redis_latency_seconds_sum", ADMIN_METRIC_COUNTER,
+                         "Sum of Redis command latencies.");
+    admin_metrics_value(&m, NULL, 0, (double)lat_sum / 1e6);
+    gauge(&m, "cmtp_redis_latency_max_seconds", "Largest Redis command latency seen.",
+          (double)lat_max / 1e6);
+    /* END to durable answer. */
+    static const double bounds_ms[CMTPD_COMMIT_BUCKETS] = CMTPD_COMMIT_BOUNDS_MS;
+    double le[CMTPD_COMMIT_BUCKETS];
+    uint64_t counts[CMTPD_COMMIT_BUCKETS + 1] = {0};
+    double sum = 0;
+    for (size_t b = 0; b < CMTPD_COMMIT_BUCKETS; b++)
+        le[b] = bounds_ms[b] / 1000.0;
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        if (d->workers[i] == NULL)
+            continue;
+        for (size_t b = 0; b <= CMTPD_COMMIT_BUCKETS; b++)
+            counts[b] += ld(&d->workers[i]->ctr.commit_ms[b]);
+        sum += (double)ld(&d->workers[i]->ctr.commit_us_sum) / 1e6;
+    }
+    admin_metrics_family(&m, "cmtp_commit_duration_seconds", ADMIN_METRIC_HISTOGRAM,
+                         "From END to the durable answer (Redis commit, WAIT).");
+    admin_metrics_histogram(&m, NULL, 0, le, CMTPD_COMMIT_BUCKETS, counts, sum);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gauge(&m, "cmtp_uptime_seconds", "Seconds since cmtpd started.",
+          (double)((uint64_t)ts.tv_sec * 1000u - d->started_ms) / 1000.0);
+    int r = admin_metrics_finish(&m);
+    if (r < 0)
+        snprintf(err, errlen, "metrics: %s", strerror(-r));
+    return r;
+}
+
+int cmtpd_admin_start(struct cmtpd *d, char *err, size_t errlen)
+{
+    static const struct admin_ops ops = {
+        .status = op_status,
+        .stats = op_stats,
+        .drain = op_drain,
+        .resume = op_resume,
+        .reload = op_reload,
+        .log_level = op_log_level,
+        .metrics = op_metrics,
+    };
+    const struct cmtp_config *c = &d->cfg->c;
+    struct admin_config ac = {
+        .path = c->admin.socket,
+        .mode = c->admin.mode,
+        .group = c->admin.group[0] ? c->admin.group : NULL,
+        .owner = c->server.user[0] ? c->server.user : NULL,
+        .version = CMTPD_VERSION,
+        .started_ms = d->started_ms,
+        .log = &d->log,
+    };
+    if (c->admin.socket[0] == '\0')
+        return 0;
+    d->admin = admin_server_new(&ac, &ops, d, err, errlen);
+    if (d->admin == NULL)
+        return -EINVAL;
+    if (c->admin.metrics_enabled) {
+        struct admin_http_config hc = {
+            .host = c->admin.metrics_listen.host,
+            .port = c->admin.metrics_listen.port,
+            .log = &d->log,
+        };
+        d->metrics_http = admin_metrics_http_new(&hc, &ops, d, err, errlen);
+        if (d->metrics_http == NULL) {
+            admin_server_free(d->admin);
+            d->admin = NULL;
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+void cmtpd_admin_stop(struct cmtpd *d)
+{
+    admin_metrics_http_free(d->metrics_http);
+    d->metrics_http = NULL;
+    admin_server_free(d->admin);
+    d->admin = NULL;
+}
