@@ -1,0 +1,3584 @@
+/* queue/consumer.c — the delivery side of the Redis queue: its own hiredis connection on the
+ * worker's loop, the claim/adopt/complete scripts, body reads, reports and admin operations.
+ * Not the ingest side (queue.c) and not a transport: it never talks to a destination. */
+#include "queue/consumer.h"
+
+#include <errno.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/random.h>
+#include <time.h>
+
+/* ---- the scripts ----
+ *
+ * Every script gets one key, KEYS[1] = `<p>:{s<k>}:sched` of the shard it works on, and derives
+ * the other keys of that shard from it (P = `<p>:{s<k>}:`): every key a script touches carries the
+ * one hash tag `{s<k>}`, so on Redis Cluster it lives in the slot of KEYS[1]. Time is Redis's
+ * (TIME), the same for every node, so leases do not depend on node clocks. Work items are
+ * `<qid>` (a message not yet split, in its own shard) or `<qid>/<dest>` (in the destination's
+ * home shard). Reads come before the first write wherever a script can refuse. */
+
+#define LUA_PRELUDE                                                                                \
+    "local P = string.sub(KEYS[1], 1, -6)\n"                                                       \
+    "local T = redis.call('TIME')\n"                                                               \
+    "local now = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)\n"                      \
+    "local function dest_of(x)\n"                                                                  \
+    "  local s = string.find(x, '/', 1, true)\n"                                                   \
+    "  if s then return string.sub(x, s + 1) end\n"                                                \
+    "  return nil\n"                                                                               \
+    "end\n"                                                                                        \
+    "local function unlease(x)\n"                                                                  \
+    "  redis.call('ZREM', P .. 'leases', x)\n"                                                     \
+    "  redis.call('HDEL', P .. 'lease', x)\n"                                                      \
+    "  local d = dest_of(x)\n"                                                                     \
+    "  if d and redis.call('HINCRBY', P .. 'conc', d, -1) <= 0 then\n"                             \
+    "    redis.call('HDEL', P .. 'conc', d)\n"                                                     \
+    "  end\n"                                                                                      \
+    "end\n"                                                                                        \
+    "local function requeue(x, at)\n"                                                              \
+    "  if redis.call('HEXISTS', P .. 'it:' .. x, 'held') == 1 then\n"                              \
+    "    redis.call('ZADD', P .. 'held', now, x)\n"                                                \
+    "  else\n"                                                                                     \
+    "    redis.call('ZADD', KEYS[1], at, x)\n"                                                     \
+    "  end\n"                                                                                      \
+    "end\n"
+
+/* CLAIM. ARGV: 1 token prefix, 2 lease ms, 3 batch, 4 concurrency per destination, 5 crashed
+ * attempts before dead-lettering, 6 how many due entries to look at. Returns {now, {item, crashes}
+ * dead-lettered..., {{item, token, tries, crashes, record-or-nil}...}}. */
+static const char lua_claim[] = LUA_PRELUDE
+    "local lease_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local climit, cmax, scan = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "local dead = {}\n"
+    "local exp = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, batch)\n"
+    "for _, x in ipairs(exp) do\n"
+    "  unlease(x)\n"
+    "  local it = P .. 'it:' .. x\n"
+    "  local n = redis.call('HINCRBY', it, 'crashes', 1)\n"
+    "  if n >= cmax then\n"
+    "    redis.call('ZADD', P .. 'dead', now, x)\n"
+    "    redis.call('HSET', it, 'why', 'lease expired ' .. n .. ' times without completion')\n"
+    "    redis.call('HINCRBY', P .. 'stats', 'dead', 1)\n"
+    "    dead[#dead + 1] = {x, n}\n"
+    "  else\n"
+    "    requeue(x, now)\n"
+    "  end\n"
+    "end\n"
+    "local out, full = {}, {}\n"
+    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan)\n"
+    "for _, x in ipairs(due) do\n"
+    "  if #out >= batch then break end\n"
+    "  local d = dest_of(x)\n"
+    "  local ok = true\n"
+    "  if d then\n"
+    "    if full[d] then ok = false\n"
+    "    elseif tonumber(redis.call('HGET', P .. 'conc', d) or '0') >= climit then\n"
+    "      full[d] = true\n"
+    "      ok = false\n"
+    "    end\n"
+    "  end\n"
+    "  if ok then\n"
+    "    local tok = ARGV[1] .. (#out + 1)\n"
+    "    redis.call('ZREM', KEYS[1], x)\n"
+    "    redis.call('ZADD', P .. 'leases', now + lease_ms, x)\n"
+    "    redis.call('HSET', P .. 'lease', x, tok)\n"
+    "    local h = redis.call('HMGET', P .. 'it:' .. x, 'tries', 'crashes')\n"
+    "    local env = false\n"
+    "    if d then redis.call('HINCRBY', P .. 'conc', d, 1)\n"
+    "    else env = redis.call('GET', P .. 'env:' .. x) end\n"
+    "    out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env}\n"
+    "  end\n"
+    "end\n"
+    "return {tostring(now), dead, out}\n";
+
+/* ADOPT (destination home shard). ARGV: the work items of a new message. Each is scheduled due
+ * now unless it exists already in any state (a repeated adoption after a crash). */
+static const char lua_adopt[] = LUA_PRELUDE
+    "local n = 0\n"
+    "for i = 1, #ARGV do\n"
+    "  local x = ARGV[i]\n"
+    "  if not redis.call('ZSCORE', KEYS[1], x) and not redis.call('ZSCORE', P .. 'leases', x)\n"
+    "     and not redis.call('ZSCORE', P .. 'held', x)\n"
+    "     and not redis.call('ZSCORE', P .. 'dead', x) then\n"
+    "    redis.call('ZADD', KEYS[1], now, x)\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+/* FINISH. ARGV: 1 item, 2 token, 3 mode: 'fin' (done: forget it), 'retry' (ARGV 4 delay ms,
+ * 5 reason: due again later, one more try), 'release' (due now, nothing counted). Only the
+ * leaseholder may: {'lost'} otherwise. Returns {'ok', when due again (0 for fin)}. */
+static const char lua_finish[] =
+    LUA_PRELUDE "local x = ARGV[1]\n"
+                "if redis.call('HGET', P .. 'lease', x) ~= ARGV[2] then return {'lost', '0'} end\n"
+                "unlease(x)\n"
+                "local it = P .. 'it:' .. x\n"
+                "if ARGV[3] == 'fin' then\n"
+                "  redis.call('DEL', it)\n"
+                "  return {'ok', '0'}\n"
+                "end\n"
+                "local at = now\n"
+                "if ARGV[3] == 'retry' then\n"
+                "  at = now + tonumber(ARGV[4])\n"
+                "  redis.call('HINCRBY', it, 'tries', 1)\n"
+                "  redis.call('HSET', it, 'err', ARGV[5])\n"
+                "end\n"
+                "requeue(x, at)\n"
+                "return {'ok', tostring(at)}\n";
+
+/* READ (message shard). ARGV: 1 qid. Returns {record or nil, record version}. */
+static const char lua_read[] =
+    LUA_PRELUDE "return {redis.call('GET', P .. 'env:' .. ARGV[1]),\n"
+                "        redis.call('HGET', P .. 'm:' .. ARGV[1], 'ver') or '0'}\n";
+
+/* UPDATE (message shard). ARGV: 1 qid, 2 record version read, 3 new record, 4 report item
+ * ('' none), 5 '1' when every recipient is final, 6 destination, 7 '1' when every recipient of
+ * the destination is final, 8.. every destination of the message (with 5 only). Refuses with
+ * {'stale', current record, version} when the record changed since it was read, {'gone'} when it
+ * no longer exists; else {'ok'} or {'removed'}. */
+static const char lua_update[] =
+    LUA_PRELUDE "local q = ARGV[1]\n"
+                "local env, m = P .. 'env:' .. q, P .. 'm:' .. q\n"
+                "local cur = redis.call('GET', env)\n"
+                "if not cur then return {'gone'} end\n"
+                "local ver = redis.call('HGET', m, 'ver') or '0'\n"
+                "if ver ~= ARGV[2] then return {'stale', cur, ver} end\n"
+                "local function undq(d)\n"
+                "  local k = P .. 'dq:' .. d\n"
+                "  redis.call('LREM', k, 1, q)\n"
+                "  if redis.call('LLEN', k) == 0 then redis.call('SREM', P .. 'doms', d) end\n"
+                "end\n"
+                "if #ARGV[4] > 0 then\n"
+                "  redis.call('RPUSH', P .. 'reports', ARGV[4])\n"
+                "  redis.call('HINCRBY', P .. 'stats', 'reports', 1)\n"
+                "end\n"
+                "if ARGV[5] == '1' then\n"
+                "  redis.call('UNLINK', env, P .. 'body:' .. q, m)\n"
+                "  for i = 8, #ARGV do undq(ARGV[i]) end\n"
+                "  redis.call('HINCRBY', P .. 'stats', 'completed', 1)\n"
+                "  return {'removed'}\n"
+                "end\n"
+                "redis.call('SET', env, ARGV[3])\n"
+                "redis.call('HINCRBY', m, 'ver', 1)\n"
+                "if ARGV[7] == '1' then undq(ARGV[6]) end\n"
+                "return {'ok'}\n";
+
+/* QUARANTINE (message shard). ARGV: 1 qid, 2 reason, 3 token of the lease on the unsplit
+ * message ('' none). The record is renamed to qenv:<qid> and kept for the admin. */
+static const char lua_quarantine[] =
+    LUA_PRELUDE "local q = ARGV[1]\n"
+                "if redis.call('EXISTS', P .. 'env:' .. q) == 1 then\n"
+                "  redis.call('RENAME', P .. 'env:' .. q, P .. 'qenv:' .. q)\n"
+                "end\n"
+                "redis.call('ZADD', P .. 'quarantine', now, q)\n"
+                "redis.call('HSET', P .. 'qreason', q, ARGV[2])\n"
+                "redis.call('ZREM', KEYS[1], q)\n"
+                "redis.call('HINCRBY', P .. 'stats', 'quarantined', 1)\n"
+                "if #ARGV[3] > 0 and redis.call('HGET', P .. 'lease', q) == ARGV[3] then\n"
+                "  unlease(q)\n"
+                "  redis.call('DEL', P .. 'it:' .. q)\n"
+                "end\n"
+                "return 1\n";
+
+/* RENEW. ARGV: 1 item, 2 token, 3 lease ms. Returns the new expiry, or nil when not ours. */
+static const char lua_renew[] =
+    LUA_PRELUDE "if redis.call('HGET', P .. 'lease', ARGV[1]) ~= ARGV[2] then return false end\n"
+                "local at = now + tonumber(ARGV[3])\n"
+                "redis.call('ZADD', P .. 'leases', 'XX', at, ARGV[1])\n"
+                "return tostring(at)\n";
+
+/* RTAKE (report items). ARGV: 1 lease ms. Expired taken items go back first; returns one item or
+ * nil. */
+static const char lua_rtake[] =
+    LUA_PRELUDE "local busy = P .. 'rbusy'\n"
+                "local exp = redis.call('ZRANGEBYSCORE', busy, '-inf', now, 'LIMIT', 0, 64)\n"
+                "for _, r in ipairs(exp) do\n"
+                "  redis.call('ZREM', busy, r)\n"
+                "  redis.call('LPUSH', P .. 'reports', r)\n"
+                "end\n"
+                "local r = redis.call('LPOP', P .. 'reports')\n"
+                "if not r then return false end\n"
+                "redis.call('ZADD', busy, now + tonumber(ARGV[1]), r)\n"
+                "return r\n";
+
+/* SUMMARY. ARGV: 1 entries to look at per state. Returns {truncated, quarantined,
+ * {{dest, scheduled, leased, held, dead, oldest qid, next attempt}...}}. */
+static const char lua_summary[] =
+    LUA_PRELUDE "local scan = tonumber(ARGV[1])\n"
+                "local agg, order, trunc = {}, {}, 0\n"
+                "local function walk(key, idx)\n"
+                "  local v = redis.call('ZRANGE', key, 0, scan - 1, 'WITHSCORES')\n"
+                "  if #v / 2 >= scan then trunc = 1 end\n"
+                "  for i = 1, #v, 2 do\n"
+                "    local x = v[i]\n"
+                "    local d = dest_of(x) or ''\n"
+                "    local q = x\n"
+                "    if d ~= '' then q = string.sub(x, 1, #x - #d - 1) end\n"
+                "    local a = agg[d]\n"
+                "    if not a then\n"
+                "      a = {0, 0, 0, 0, q, false}\n"
+                "      agg[d] = a\n"
+                "      order[#order + 1] = d\n"
+                "    end\n"
+                "    a[idx] = a[idx] + 1\n"
+                "    if q < a[5] then a[5] = q end\n"
+                "    if idx == 1 and not a[6] then a[6] = v[i + 1] end\n"
+                "  end\n"
+                "end\n"
+                "walk(KEYS[1], 1)\n"
+                "walk(P .. 'leases', 2)\n"
+                "walk(P .. 'held', 3)\n"
+                "walk(P .. 'dead', 4)\n"
+                "local out = {}\n"
+                "for _, d in ipairs(order) do\n"
+                "  local a = agg[d]\n"
+                "  out[#out + 1] = {d, a[1], a[2], a[3], a[4], a[5], a[6] or '0'}\n"
+                "end\n"
+                "return {trunc, redis.call('ZCARD', P .. 'quarantine'), out}\n";
+
+/* LIST. ARGV: 1 state ('sched', 'leases', 'held', 'dead', 'quarantine'), 2 destination filter
+ * ('*' any, '' unsplit messages), 3 limit, 4 entries to look at. Returns {truncated,
+ * {{member, score, info}...}}. */
+static const char lua_list[] =
+    LUA_PRELUDE "local st, want = ARGV[1], ARGV[2]\n"
+                "local limit, scan = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+                "local key = KEYS[1]\n"
+                "if st ~= 'sched' then key = P .. st end\n"
+                "local v = redis.call('ZRANGE', key, 0, scan - 1, 'WITHSCORES')\n"
+                "local out, trunc = {}, 0\n"
+                "if #v / 2 >= scan then trunc = 1 end\n"
+                "for i = 1, #v, 2 do\n"
+                "  local x = v[i]\n"
+                "  local d = dest_of(x) or ''\n"
+                "  if want == '*' or want == d then\n"
+                "    if #out >= limit then trunc = 1 break end\n"
+                "    local info\n"
+                "    if st == 'leases' then info = redis.call('HGET', P .. 'lease', x)\n"
+                "    elseif st == 'quarantine' then info = redis.call('HGET', P .. 'qreason', x)\n"
+                "    elseif st == 'dead' then info = redis.call('HGET', P .. 'it:' .. x, 'why')\n"
+                "    else info = redis.call('HGET', P .. 'it:' .. x, 'err') end\n"
+                "    out[#out + 1] = {x, v[i + 1], info or ''}\n"
+                "  end\n"
+                "end\n"
+                "return {trunc, out}\n";
+
+/* INFO (message shard). ARGV: 1 qid. Returns {record or nil, quarantined record or nil, version,
+ * quarantine reason or nil, quarantine time or nil}. */
+static const char lua_info[] = LUA_PRELUDE
+    "local q = ARGV[1]\n"
+    "return {redis.call('GET', P .. 'env:' .. q), redis.call('GET', P .. 'qenv:' .. q),\n"
+    "        redis.call('HGET', P .. 'm:' .. q, 'ver') or '0',\n"
+    "        redis.call('HGET', P .. 'qreason', q),\n"
+    "        redis.call('ZSCORE', P .. 'quarantine', q)}\n";
+
+/* IADMIN. ARGV: 1 mode ('show', 'delete', 'hold', 'release', 'retry'), 2.. items. Applies the
+ * mode to each and returns, for each present in some state, {item, sched score, lease expiry,
+ * lease token, held score, dead score, tries, crashes, last error, dead reason, changed}. */
+static const char lua_iadmin[] = LUA_PRELUDE
+    "local mode = ARGV[1]\n"
+    "local res = {}\n"
+    "for i = 2, #ARGV do\n"
+    "  local x = ARGV[i]\n"
+    "  local it = P .. 'it:' .. x\n"
+    "  local s = redis.call('ZSCORE', KEYS[1], x)\n"
+    "  local l = redis.call('ZSCORE', P .. 'leases', x)\n"
+    "  local h = redis.call('ZSCORE', P .. 'held', x)\n"
+    "  local dd = redis.call('ZSCORE', P .. 'dead', x)\n"
+    "  local tok = redis.call('HGET', P .. 'lease', x)\n"
+    "  local f = redis.call('HMGET', it, 'tries', 'crashes', 'err', 'why')\n"
+    "  local ch = 0\n"
+    "  if s or l or h or dd then\n"
+    "    if mode == 'delete' then\n"
+    "      redis.call('ZREM', KEYS[1], x)\n"
+    "      redis.call('ZREM', P .. 'held', x)\n"
+    "      redis.call('ZREM', P .. 'dead', x)\n"
+    "      if l then unlease(x) end\n"
+    "      redis.call('DEL', it)\n"
+    "      ch = 1\n"
+    "    elseif mode == 'hold' then\n"
+    "      redis.call('HSET', it, 'held', '1')\n"
+    "      if s then\n"
+    "        redis.call('ZREM', KEYS[1], x)\n"
+    "        redis.call('ZADD', P .. 'held', now, x)\n"
+    "      end\n"
+    "      ch = 1\n"
+    "    elseif mode == 'release' then\n"
+    "      redis.call('HDEL', it, 'held')\n"
+    "      if h then\n"
+    "        redis.call('ZREM', P .. 'held', x)\n"
+    "        redis.call('ZADD', KEYS[1], now, x)\n"
+    "        ch = 1\n"
+    "      end\n"
+    "    elseif mode == 'retry' then\n"
+    "      if s then\n"
+    "        redis.call('ZADD', KEYS[1], now, x)\n"
+    "        ch = 1\n"
+    "      elseif dd then\n"
+    "        redis.call('ZREM', P .. 'dead', x)\n"
+    "        redis.call('HDEL', it, 'crashes', 'why')\n"
+    "        requeue(x, now)\n"
+    "        ch = 1\n"
+    "      end\n"
+    "    end\n"
+    "    res[#res + 1] = {x, s or false, l or false, tok or false, h or false, dd or false,\n"
+    "                     f[1] or '0', f[2] or '0', f[3] or false, f[4] or false, ch}\n"
+    "  end\n"
+    "end\n"
+    "return res\n";
+
+/* DELMSG (message shard). ARGV: 1 qid, 2.. its destinations (none: every destination listed in
+ * doms, for a record that cannot be decoded). Removes the record, quarantined record, body,
+ * state and queue entries. Returns how many keys or entries went. */
+static const char lua_delmsg[] = LUA_PRELUDE
+    "local q = ARGV[1]\n"
+    "local n = redis.call('DEL', P .. 'env:' .. q, P .. 'qenv:' .. q, P .. 'body:' .. q,\n"
+    "                     P .. 'm:' .. q)\n"
+    "n = n + redis.call('ZREM', P .. 'quarantine', q)\n"
+    "redis.call('HDEL', P .. 'qreason', q)\n"
+    "local ds = {}\n"
+    "for i = 2, #ARGV do ds[#ds + 1] = ARGV[i] end\n"
+    "if #ds == 0 then ds = redis.call('SRANDMEMBER', P .. 'doms', 1000) end\n"
+    "for _, d in ipairs(ds) do\n"
+    "  local k = P .. 'dq:' .. d\n"
+    "  n = n + redis.call('LREM', k, 1, q)\n"
+    "  if redis.call('LLEN', k) == 0 then redis.call('SREM', P .. 'doms', d) end\n"
+    "end\n"
+    "return n\n";
+
+/* BULK. ARGV: 1 mode ('flush': scheduled items due later become due now; 'revive': dead items
+ * due now, crash count reset), 2 limit. Returns how many it moved (repeat while = limit). */
+static const char lua_bulk[] = LUA_PRELUDE
+    "local lim = tonumber(ARGV[2])\n"
+    "local n = 0\n"
+    "if ARGV[1] == 'flush' then\n"
+    "  local v = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. tostring(now), '+inf', 'LIMIT', 0,\n"
+    "                       lim)\n"
+    "  for _, x in ipairs(v) do redis.call('ZADD', KEYS[1], now, x) n = n + 1 end\n"
+    "else\n"
+    "  local v = redis.call('ZRANGE', P .. 'dead', 0, lim - 1)\n"
+    "  for _, x in ipairs(v) do\n"
+    "    redis.call('ZREM', P .. 'dead', x)\n"
+    "    redis.call('HDEL', P .. 'it:' .. x, 'crashes', 'why')\n"
+    "    requeue(x, now)\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+enum qc_script {
+    QS_CLAIM,
+    QS_ADOPT,
+    QS_FINISH,
+    QS_READ,
+    QS_UPDATE,
+    QS_QUARANTINE,
+    QS_RENEW,
+    QS_RTAKE,
+    QS_SUMMARY,
+    QS_LIST,
+    QS_INFO,
+    QS_IADMIN,
+    QS_DELMSG,
+    QS_BULK,
+    QS_COUNT,
+};
+
+static const char *const qc_lua[QS_COUNT] = {
+    lua_claim, lua_adopt,   lua_finish, lua_read, lua_update, lua_quarantine, lua_renew,
+    lua_rtake, lua_summary, lua_list,   lua_info, lua_iadmin, lua_delmsg,     lua_bulk,
+};
+
+const char *queue_consumer_script(unsigned i)
+{
+    return i < QS_COUNT ? qc_lua[i] : NULL;
+}
+
+/* QC_BULK_LIMIT is how many entries one BULK script moves; QC_BULK_ROUNDS bounds the repeats per
+ * shard (so one flush touches at most QC_BULK_LIMIT * QC_BULK_ROUNDS entries of a shard). */
+#define QC_BULK_LIMIT 1000u
+#define QC_BULK_ROUNDS 1000u
+/* QC_TOKEN_MAX bounds a lease token: node, '#', 16 hex digits, '#', a counter. */
+#define QC_TOKEN_MAX (QUEUE_NODE_MAX + 32)
+
+/* ---- types ---- */
+
+struct queue_consumer;
+
+/* qc_fn handles one reply: |r| NULL when the connection was lost or reset before it came. */
+typedef void (*qc_fn)(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r);
+
+/* qc_cmd is one command sent and not yet answered, linked in send order (= reply order). A
+ * script call keeps its arguments so that it can be sent again as EVAL after NOSCRIPT. */
+struct qc_cmd {
+    struct qc_cmd *prev, *next;
+    struct queue_consumer *c;
+    qc_fn fn;
+    void *ctx;
+    uintptr_t tag;
+    uint64_t deadline_ms;
+    int script; /* QS_* or -1 */
+    bool used_eval;
+    int argc;
+    const char **argv;
+    size_t *lens;
+};
+
+/* qc_job is an operation in flight; every one is on c->jobs so that queue_consumer_free can free
+ * it (|destroy|, no callbacks). */
+struct qc_job {
+    struct qc_job *prev, *next;
+    void (*destroy)(struct qc_job *j);
+};
+
+struct queue_consumer {
+    struct queue_loop loop;
+    /* configuration */
+    bool is_unix;
+    char host[256];
+    int port;
+    char *username;
+    char *password;
+    char prefix[QUEUE_PREFIX_MAX + 1];
+    char node[QUEUE_NODE_MAX + 1];
+    unsigned shards;
+    unsigned inflight_max;
+    uint32_t op_timeout_ms, reconnect_min_ms, reconnect_max_ms;
+    uint32_t lease_ms;
+    unsigned conc;
+    uint64_t retry_base_ms, retry_max_ms, lifetime_ms;
+    unsigned crash_max;
+    unsigned batch;
+    void (*event_cb)(void *arg, const struct queue_consumer_event *ev);
+    void *event_arg;
+    /* connection */
+    redisAsyncContext *ac;
+    enum queue_conn_state state;
+    char last_error[QUEUE_REASON_MAX];
+    char sha[QS_COUNT][41];
+    unsigned shas_missing;
+    uint64_t connect_deadline_ms;
+    void *deadline_timer;
+    uint64_t deadline_at;
+    bool force_reset;
+    void *reconnect_timer;
+    uint32_t backoff_ms;
+    struct qc_cmd *cmds_head, *cmds_tail;
+    unsigned inflight;
+    /* work */
+    struct qc_job *jobs;
+    unsigned claim_cursor;
+    unsigned report_cursor;
+    uint64_t rng;
+    struct queue_consumer_stats st;
+    bool freeing;
+};
+
+struct queue_consumer_lease {
+    struct queue_consumer *c;
+    struct queue_consumer_lease *link; /* a claim's list while being validated */
+    char item[QUEUE_CONSUMER_ITEM_MAX];
+    char qid[CMTP_QID_MAX + 1];
+    char dest[CMTP_DOMAIN_MAX + 1];
+    char token[QC_TOKEN_MAX];
+    unsigned shard_msg;  /* shard of the record */
+    unsigned shard_item; /* home shard of the destination */
+    uint32_t tries, crashes;
+    int64_t expires_ms;
+    char ver[24]; /* record version read with it */
+    struct queue_record *rec;
+    size_t *rcpts;
+    size_t n_rcpts;
+    bool busy;      /* a renewal is in flight */
+    bool abandoned; /* freed by the caller during a renewal: the renewal frees it */
+};
+
+/* qev adapts one hiredis context to the queue_loop (the five ev hooks). */
+struct qev {
+    struct queue_consumer *c;
+    redisAsyncContext *ac;
+    void *watch;
+    bool reading, writing;
+    bool *dead;
+};
+
+/* ---- small helpers ---- */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t loop_now(const struct queue_consumer *c)
+{
+    return c->loop.ops->now_ms(c->loop.loop);
+}
+
+static void set_error(struct queue_consumer *c, const char *what, const char *detail)
+{
+    snprintf(c->last_error, sizeof(c->last_error), "%s%s%.90s", what, detail ? ": " : "",
+             detail ? detail : "");
+}
+
+static uint64_t rng_next(struct queue_consumer *c)
+{
+    uint64_t z = (c->rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* copy_clean copies at most |cap| - 1 octets of |s| (|n| octets) into |out|, replacing control
+ * characters: reasons come from peers and end up in logs and reports. */
+static void copy_clean(char *out, size_t cap, const char *s, size_t n)
+{
+    if (cap == 0)
+        return;
+    if (s == NULL)
+        n = 0;
+    if (n > cap - 1)
+        n = cap - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    out[n] = '\0';
+}
+
+static bool r_str(const redisReply *r)
+{
+    return r != NULL && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
+}
+
+static bool r_is(const redisReply *r, const char *s)
+{
+    return r_str(r) && r->len == strlen(s) && memcmp(r->str, s, r->len) == 0;
+}
+
+/* r_ll reads an integer reply or a decimal string reply (scores come back as strings). */
+static bool r_ll(const redisReply *r, long long *out)
+{
+    char buf[40];
+    char *end;
+
+    if (r == NULL)
+        return false;
+    if (r->type == REDIS_REPLY_INTEGER) {
+        *out = r->integer;
+        return true;
+    }
+    if (!r_str(r) || r->len == 0 || r->len >= sizeof(buf))
+        return false;
+    memcpy(buf, r->str, r->len);
+    buf[r->len] = '\0';
+    errno = 0;
+    double d = strtod(buf, &end);
+    if (errno || *end != '\0' || d != d || d > 9.2e18 || d < -9.2e18)
+        return false;
+    *out = (long long)d;
+    return true;
+}
+
+static uint32_t r_u32(const redisReply *r)
+{
+    long long v = 0;
+    if (!r_ll(r, &v) || v < 0)
+        return 0;
+    return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+static void r_text(const redisReply *r, char *out, size_t cap)
+{
+    if (r_str(r) || (r != NULL && r->type == REDIS_REPLY_ERROR))
+        copy_clean(out, cap, r->str, r->len);
+    else if (cap)
+        out[0] = '\0';
+}
+
+static void emit(struct queue_consumer *c, enum queue_consumer_event_kind kind, const char *qid,
+                 const char *dest, const char *detail, unsigned count)
+{
+    struct queue_consumer_event ev = {
+        .kind = kind,
+        .qid = qid ? qid : "",
+        .dest = dest ? dest : "",
+        .detail = detail ? detail : "",
+        .count = count,
+    };
+    if (c->event_cb)
+        c->event_cb(c->event_arg, &ev);
+}
+
+static void job_add(struct queue_consumer *c, struct qc_job *j, void (*destroy)(struct qc_job *))
+{
+    j->destroy = destroy;
+    j->prev = NULL;
+    j->next = c->jobs;
+    if (c->jobs)
+        c->jobs->prev = j;
+    c->jobs = j;
+}
+
+static void job_del(struct queue_consumer *c, struct qc_job *j)
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        c->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    j->prev = j->next = NULL;
+}
+
+unsigned queue_consumer_item_shard(const char *dest, unsigned shards)
+{
+    return queue_txid_shard(dest, strlen(dest), shards);
+}
+
+static const char *rcpt_dest(const struct queue_rcpt *r)
+{
+    return r->next_hop[0] ? r->next_hop : r->addr.domain;
+}
+
+/* qid_time_ms decodes the accept time in the first 10 Crockford base32 digits of a qid. */
+static int64_t qid_time_ms(const char *qid)
+{
+    static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    int64_t v = 0;
+    for (int i = 0; i < 10; i++) {
+        const char *p = qid[i] ? strchr(b32, qid[i]) : NULL;
+        if (p == NULL)
+            return 0;
+        v = v * 32 + (p - b32);
+    }
+    return v;
+}
+
+/* split_item parses `<qid>/<dest>` (|len| octets) or a bare qid into |qid| and |dest| ("" for a
+ * bare qid); checks the bounds and the qid's shard. */
+static bool split_item(const struct queue_consumer *c, const char *s, size_t len, char *qid,
+                       char *dest, unsigned *shard_msg)
+{
+    const char *slash = memchr(s, '/', len);
+    size_t ql = slash ? (size_t)(slash - s) : len;
+    size_t dl = slash ? len - ql - 1 : 0;
+
+    if (ql == 0 || ql > CMTP_QID_MAX || dl > CMTP_DOMAIN_MAX || (slash && dl == 0))
+        return false;
+    memcpy(qid, s, ql);
+    qid[ql] = '\0';
+    if (dl)
+        memcpy(dest, slash + 1, dl);
+    dest[dl] = '\0';
+    if (strlen(qid) != ql || strlen(dest) != dl)
+        return false;
+    if (queue_qid_shard(qid, shard_msg) < 0 || *shard_msg >= c->shards)
+        return false;
+    return true;
+}
+
+/* ---- the event-loop adapter ---- */
+
+static void qev_update(struct qev *e)
+{
+    e->c->loop.ops->watch_set(e->watch, e->reading, e->writing);
+}
+
+static void qev_add_read(void *p)
+{
+    struct qev *e = p;
+    if (!e->reading) {
+        e->reading = true;
+        qev_update(e);
+    }
+}
+
+static void qev_del_read(void *p)
+{
+    struct qev *e = p;
+    if (e->reading) {
+        e->reading = false;
+        qev_update(e);
+    }
+}
+
+static void qev_add_write(void *p)
+{
+    struct qev *e = p;
+    if (!e->writing) {
+        e->writing = true;
+        qev_update(e);
+    }
+}
+
+static void qev_del_write(void *p)
+{
+    struct qev *e = p;
+    if (e->writing) {
+        e->writing = false;
+        qev_update(e);
+    }
+}
+
+static void qev_cleanup(void *p)
+{
+    struct qev *e = p;
+    e->c->loop.ops->watch_free(e->watch);
+    if (e->dead)
+        *e->dead = true;
+    free(e);
+}
+
+static void qev_event(void *arg, unsigned events)
+{
+    struct qev *e = arg;
+    redisAsyncContext *ac = e->ac;
+    bool dead = false;
+
+    e->dead = &dead;
+    if (events & QUEUE_LOOP_READABLE)
+        redisAsyncHandleRead(ac);
+    if (dead)
+        return;
+    if (events & QUEUE_LOOP_WRITABLE)
+        redisAsyncHandleWrite(ac);
+    if (dead)
+        return;
+    e->dead = NULL;
+}
+
+static int qev_attach(struct queue_consumer *c, redisAsyncContext *ac)
+{
+    struct qev *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return -ENOMEM;
+    e->c = c;
+    e->ac = ac;
+    e->watch = c->loop.ops->watch_new(c->loop.loop, ac->c.fd, qev_event, e);
+    if (e->watch == NULL) {
+        free(e);
+        return -ENOMEM;
+    }
+    ac->ev.data = e;
+    ac->ev.addRead = qev_add_read;
+    ac->ev.delRead = qev_del_read;
+    ac->ev.addWrite = qev_add_write;
+    ac->ev.delWrite = qev_del_write;
+    ac->ev.cleanup = qev_cleanup;
+    return 0;
+}
+
+/* ---- commands and deadlines ---- */
+
+static void on_reply(redisAsyncContext *ac, void *r, void *priv);
+static void on_deadline(void *arg);
+static void conn_start(struct queue_consumer *c);
+
+static void arm_deadline_at(struct queue_consumer *c, uint64_t at)
+{
+    uint64_t now = loop_now(c);
+
+    if (c->freeing)
+        return;
+    if (c->deadline_timer != NULL) {
+        if (c->deadline_at <= at)
+            return;
+        c->loop.ops->timer_cancel(c->loop.loop, c->deadline_timer);
+        c->deadline_timer = NULL;
+    }
+    c->deadline_at = at;
+    c->deadline_timer =
+        c->loop.ops->timer_add(c->loop.loop, at > now ? at - now : 0, on_deadline, c);
+}
+
+static void cmd_link(struct queue_consumer *c, struct qc_cmd *cmd)
+{
+    cmd->prev = c->cmds_tail;
+    cmd->next = NULL;
+    if (c->cmds_tail)
+        c->cmds_tail->next = cmd;
+    else
+        c->cmds_head = cmd;
+    c->cmds_tail = cmd;
+    c->inflight++;
+}
+
+static void cmd_unlink(struct queue_consumer *c, struct qc_cmd *cmd)
+{
+    if (cmd->prev)
+        cmd->prev->next = cmd->next;
+    else
+        c->cmds_head = cmd->next;
+    if (cmd->next)
+        cmd->next->prev = cmd->prev;
+    else
+        c->cmds_tail = cmd->prev;
+    cmd->prev = cmd->next = NULL;
+    c->inflight--;
+}
+
+/* cmd_send hands |cmd| (argv already in it) to hiredis. On failure |cmd| stays the
+ * caller's. */
+static int cmd_send(struct queue_consumer *c, struct qc_cmd *cmd)
+{
+    if (c->ac == NULL)
+        return -ENOTCONN;
+    cmd->deadline_ms = loop_now(c) + c->op_timeout_ms;
+    if (redisAsyncCommandArgv(c->ac, on_reply, cmd, cmd->argc, cmd->argv, cmd->lens) != REDIS_OK)
+        return -EIO;
+    cmd_link(c, cmd);
+    c->st.cmds_sent++;
+    arm_deadline_at(c, cmd->deadline_ms);
+    return 0;
+}
+
+/* qc_cmd_argv sends a plain command (|argc| arguments; copied by hiredis). */
+static int qc_cmd_argv(struct queue_consumer *c, int argc, const char **argv, const size_t *lens,
+                       qc_fn fn, void *ctx, uintptr_t tag)
+{
+    struct qc_cmd *cmd = calloc(1, sizeof(*cmd));
+
+    if (cmd == NULL)
+        return -ENOMEM;
+    cmd->c = c;
+    cmd->fn = fn;
+    cmd->ctx = ctx;
+    cmd->tag = tag;
+    cmd->script = -1;
+    cmd->argc = argc;
+    cmd->argv = argv;
+    cmd->lens = (size_t *)lens;
+    int rc = cmd_send(c, cmd);
+    if (rc < 0) {
+        free(cmd);
+        return rc;
+    }
+    /* hiredis formatted the command: the caller's argv is not needed again. */
+    cmd->argv = NULL;
+    cmd->lens = NULL;
+    return 0;
+}
+
+/* qc_eval sends script |script| on |shard| with |nargs| arguments |args| (|lens| octets each),
+ * copied into the command so that NOSCRIPT can be answered by sending it again as EVAL. */
+static int qc_eval(struct queue_consumer *c, int script, unsigned shard, size_t nargs,
+                   const char *const *args, const size_t *lens, qc_fn fn, void *ctx, uintptr_t tag)
+{
+    char key[QUEUE_KEY_MAX];
+    int kl;
+    size_t argc = 4 + nargs, total = 0;
+    struct qc_cmd *cmd;
+    char *p;
+
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    kl = queue_key_format(key, sizeof(key), c->prefix, shard, "sched", NULL, 0);
+    if (kl < 0)
+        return kl;
+    for (size_t i = 0; i < nargs; i++)
+        total += lens[i];
+    total += (size_t)kl;
+    if (argc > (size_t)INT32_MAX)
+        return -E2BIG;
+    cmd = malloc(sizeof(*cmd) + argc * (sizeof(char *) + sizeof(size_t)) + total);
+    if (cmd == NULL)
+        return -ENOMEM;
+    memset(cmd, 0, sizeof(*cmd));
+    cmd->c = c;
+    cmd->fn = fn;
+    cmd->ctx = ctx;
+    cmd->tag = tag;
+    cmd->script = script;
+    cmd->argc = (int)argc;
+    cmd->argv = (const char **)(cmd + 1);
+    cmd->lens = (size_t *)(cmd->argv + argc);
+    p = (char *)(cmd->lens + argc);
+    cmd->argv[0] = "EVALSHA";
+    cmd->lens[0] = 7;
+    cmd->argv[1] = c->sha[script];
+    cmd->lens[1] = 40;
+    cmd->argv[2] = "1";
+    cmd->lens[2] = 1;
+    memcpy(p, key, (size_t)kl);
+    cmd->argv[3] = p;
+    cmd->lens[3] = (size_t)kl;
+    p += kl;
+    for (size_t i = 0; i < nargs; i++) {
+        if (lens[i])
+            memcpy(p, args[i], lens[i]);
+        cmd->argv[4 + i] = p;
+        cmd->lens[4 + i] = lens[i];
+        p += lens[i];
+    }
+    int rc = cmd_send(c, cmd);
+    if (rc < 0)
+        free(cmd);
+    return rc;
+}
+
+/* qc_evals is qc_eval with NUL-terminated arguments. */
+static int qc_evals(struct queue_consumer *c, int script, unsigned shard, size_t nargs,
+                    const char *const *args, qc_fn fn, void *ctx, uintptr_t tag)
+{
+    size_t lens[16];
+    if (nargs > 16)
+        return -E2BIG;
+    for (size_t i = 0; i < nargs; i++)
+        lens[i] = strlen(args[i]);
+    return qc_eval(c, script, shard, nargs, args, lens, fn, ctx, tag);
+}
+
+/* ---- connection lifecycle ---- */
+
+static void on_reconnect_timer(void *arg)
+{
+    struct queue_consumer *c = arg;
+    c->reconnect_timer = NULL;
+    conn_start(c);
+}
+
+static void schedule_reconnect(struct queue_consumer *c)
+{
+    uint32_t b = c->backoff_ms;
+    uint32_t delay;
+
+    if (c->freeing || c->reconnect_timer != NULL || c->ac != NULL)
+        return;
+    delay = b / 2 + (uint32_t)(rng_next(c) % (b / 2 + 1));
+    c->backoff_ms = b >= c->reconnect_max_ms / 2 ? c->reconnect_max_ms : b * 2;
+    c->reconnect_timer = c->loop.ops->timer_add(c->loop.loop, delay, on_reconnect_timer, c);
+}
+
+static void conn_lost(struct queue_consumer *c)
+{
+    c->state = QUEUE_DOWN;
+    c->connect_deadline_ms = 0;
+    c->st.disconnects++;
+    schedule_reconnect(c);
+}
+
+static void conn_reset(struct queue_consumer *c)
+{
+    redisAsyncContext *ac = c->ac;
+    if (ac == NULL)
+        return;
+    c->ac = NULL;
+    c->state = QUEUE_DOWN;
+    ac->data = NULL;
+    redisAsyncFree(ac); /* every outstanding command's handler runs with no reply */
+    conn_lost(c);
+}
+
+static void conn_reset_soon(struct queue_consumer *c, const char *what, const char *detail)
+{
+    set_error(c, what, detail);
+    c->state = QUEUE_DOWN;
+    c->force_reset = true;
+    arm_deadline_at(c, 0);
+}
+
+static void on_deadline(void *arg)
+{
+    struct queue_consumer *c = arg;
+    uint64_t now = loop_now(c);
+    uint64_t min = UINT64_MAX;
+
+    c->deadline_timer = NULL;
+    if (c->force_reset) {
+        c->force_reset = false;
+        conn_reset(c);
+        return;
+    }
+    if (c->ac == NULL)
+        return;
+    if (c->connect_deadline_ms != 0 && c->connect_deadline_ms <= now) {
+        c->st.timeouts++;
+        set_error(c, "redis connect timed out", NULL);
+        conn_reset(c);
+        return;
+    }
+    for (struct qc_cmd *cmd = c->cmds_head; cmd; cmd = cmd->next)
+        if (cmd->deadline_ms < min)
+            min = cmd->deadline_ms;
+    if (min <= now) {
+        c->st.timeouts++;
+        set_error(c, "redis command timed out", NULL);
+        conn_reset(c);
+        return;
+    }
+    if (c->connect_deadline_ms != 0 && c->connect_deadline_ms < min)
+        min = c->connect_deadline_ms;
+    if (min != UINT64_MAX)
+        arm_deadline_at(c, min);
+}
+
+static void on_auth(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    char text[QUEUE_REASON_MAX];
+    (void)ctx;
+    (void)tag;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        r_text(r, text, sizeof(text));
+        conn_reset_soon(c, "redis AUTH refused", text);
+    }
+}
+
+static void on_script_loaded(struct queue_consumer *c, void *ctx, uintptr_t tag,
+                             const redisReply *r)
+{
+    char text[QUEUE_REASON_MAX];
+    (void)ctx;
+    if (r == NULL || c->state != QUEUE_CONNECTING)
+        return;
+    if (r->type == REDIS_REPLY_STRING && r->len == 40 && tag < QS_COUNT) {
+        memcpy(c->sha[tag], r->str, 40);
+        c->sha[tag][40] = '\0';
+        if (--c->shas_missing == 0) {
+            c->state = QUEUE_CONNECTED;
+            c->last_error[0] = '\0';
+            c->backoff_ms = c->reconnect_min_ms;
+            c->st.connects++;
+        }
+        return;
+    }
+    r_text(r, text, sizeof(text));
+    conn_reset_soon(c, "redis SCRIPT LOAD failed", r->type == REDIS_REPLY_ERROR ? text : "reply");
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    struct queue_consumer *c = cac->data;
+    const char *argv[3];
+    size_t lens[3];
+    int argc = 0;
+
+    if (c == NULL || c->ac != cac)
+        return;
+    if (status != REDIS_OK) {
+        set_error(c, "redis connect failed", cac->errstr);
+        c->ac = NULL;
+        conn_lost(c);
+        return;
+    }
+    c->connect_deadline_ms = 0;
+    if (c->password != NULL) {
+        argv[argc] = "AUTH";
+        lens[argc++] = 4;
+        if (c->username != NULL) {
+            argv[argc] = c->username;
+            lens[argc] = strlen(c->username);
+            argc++;
+        }
+        argv[argc] = c->password;
+        lens[argc] = strlen(c->password);
+        argc++;
+        if (qc_cmd_argv(c, argc, argv, lens, on_auth, NULL, 0) < 0)
+            goto err;
+    }
+    c->shas_missing = QS_COUNT;
+    for (unsigned i = 0; i < QS_COUNT; i++) {
+        argv[0] = "SCRIPT";
+        lens[0] = 6;
+        argv[1] = "LOAD";
+        lens[1] = 4;
+        argv[2] = qc_lua[i];
+        lens[2] = strlen(qc_lua[i]);
+        if (qc_cmd_argv(c, 3, argv, lens, on_script_loaded, NULL, i) < 0)
+            goto err;
+    }
+    return;
+err:
+    conn_reset_soon(c, "redis handshake failed", "out of memory");
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status)
+{
+    struct queue_consumer *c = cac->data;
+    (void)status;
+    if (c == NULL || c->ac != cac)
+        return;
+    set_error(c, "redis connection lost", cac->err ? cac->errstr : NULL);
+    c->ac = NULL;
+    conn_lost(c);
+}
+
+static void conn_start(struct queue_consumer *c)
+{
+    redisAsyncContext *ac;
+
+    if (c->freeing || c->ac != NULL)
+        return;
+    ac = c->is_unix ? redisAsyncConnectUnix(c->host) : redisAsyncConnect(c->host, c->port);
+    if (ac == NULL) {
+        set_error(c, "redis connect failed", "out of memory");
+        goto retry;
+    }
+    if (ac->err) {
+        set_error(c, "redis connect failed", ac->errstr);
+        redisAsyncFree(ac);
+        goto retry;
+    }
+    if (qev_attach(c, ac) < 0) {
+        set_error(c, "redis connect failed", "cannot watch the socket");
+        redisAsyncFree(ac);
+        goto retry;
+    }
+    ac->data = c;
+    c->ac = ac;
+    /* Commands of the handshake go out while CONNECTING; qc_cmd_argv allows that only for
+     * them, so the state is set before any is sent. */
+    c->state = QUEUE_CONNECTING;
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    c->connect_deadline_ms = loop_now(c) + c->op_timeout_ms;
+    arm_deadline_at(c, c->connect_deadline_ms);
+    return;
+retry:
+    c->state = QUEUE_DOWN;
+    schedule_reconnect(c);
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct qc_cmd *cmd = priv;
+    struct queue_consumer *c = cmd->c;
+    redisReply *reply = r;
+
+    cmd_unlink(c, cmd);
+    if (c->freeing) {
+        free(cmd);
+        return;
+    }
+    if (reply == NULL) {
+        c->st.dropped++;
+        if (ac->err)
+            set_error(c, "redis connection lost", ac->errstr);
+        if (c->ac == ac)
+            c->state = QUEUE_DOWN;
+    } else {
+        c->st.replies++;
+        if (reply->type == REDIS_REPLY_ERROR) {
+            c->st.errors++;
+            if (cmd->script >= 0 && !cmd->used_eval && reply->len >= 8 &&
+                memcmp(reply->str, "NOSCRIPT", 8) == 0 && c->state == QUEUE_CONNECTED &&
+                c->ac == ac) {
+                /* Script cache flushed (restart, failover): send the source; EVAL caches it. */
+                cmd->used_eval = true;
+                cmd->argv[0] = "EVAL";
+                cmd->lens[0] = 4;
+                cmd->argv[1] = qc_lua[cmd->script];
+                cmd->lens[1] = strlen(qc_lua[cmd->script]);
+                if (cmd_send(c, cmd) == 0)
+                    return;
+                reply = NULL; /* could not resend: report a lost reply */
+                c->st.dropped++;
+            }
+        }
+    }
+    if (cmd->fn)
+        cmd->fn(c, cmd->ctx, cmd->tag, reply);
+    free(cmd);
+}
+
+/* ---- leases ---- */
+
+static void lease_free(struct queue_consumer_lease *l)
+{
+    if (l == NULL)
+        return;
+    if (l->rec != NULL) {
+        queue_record_cleanup(l->rec);
+        free(l->rec);
+    }
+    free(l->rcpts);
+    free(l);
+}
+
+const char *queue_consumer_lease_qid(const struct queue_consumer_lease *l)
+{
+    return l->qid;
+}
+
+const char *queue_consumer_lease_dest(const struct queue_consumer_lease *l)
+{
+    return l->dest;
+}
+
+const struct queue_record *queue_consumer_lease_record(const struct queue_consumer_lease *l)
+{
+    return l->rec;
+}
+
+const size_t *queue_consumer_lease_rcpts(const struct queue_consumer_lease *l, size_t *n)
+{
+    *n = l->n_rcpts;
+    return l->rcpts;
+}
+
+uint32_t queue_consumer_lease_tries(const struct queue_consumer_lease *l)
+{
+    return l->tries;
+}
+
+uint32_t queue_consumer_lease_crashes(const struct queue_consumer_lease *l)
+{
+    return l->crashes;
+}
+
+int64_t queue_consumer_lease_expires_ms(const struct queue_consumer_lease *l)
+{
+    return l->expires_ms;
+}
+
+/* lease_select collects the pending recipients of |l|'s destination. */
+static int lease_select(struct queue_consumer_lease *l)
+{
+    const struct queue_record *rec = l->rec;
+    size_t n = 0;
+
+    free(l->rcpts);
+    l->rcpts = NULL;
+    l->n_rcpts = 0;
+    for (size_t i = 0; i < rec->n_rcpts; i++)
+        if (rec->rcpts[i].status == QUEUE_RCPT_PENDING &&
+            strcmp(rcpt_dest(&rec->rcpts[i]), l->dest) == 0)
+            n++;
+    if (n == 0)
+        return 0;
+    l->rcpts = malloc(n * sizeof(*l->rcpts));
+    if (l->rcpts == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < rec->n_rcpts; i++)
+        if (rec->rcpts[i].status == QUEUE_RCPT_PENDING &&
+            strcmp(rcpt_dest(&rec->rcpts[i]), l->dest) == 0)
+            l->rcpts[l->n_rcpts++] = i;
+    return 0;
+}
+
+/* decode_check decodes the record of |qid| and checks that it is that message's. On failure
+ * |why| receives the quarantine reason (the decoder's keyword, or "qid-mismatch"). */
+static enum queue_record_err decode_check(const char *qid, const char *buf, size_t len,
+                                          struct queue_record **out, char *why, size_t cap)
+{
+    struct queue_record *rec = malloc(sizeof(*rec));
+    enum queue_record_err e;
+
+    *out = NULL;
+    if (rec == NULL) {
+        snprintf(why, cap, "%s", queue_record_strerror(QUEUE_RECORD_ERR_NOMEM));
+        return QUEUE_RECORD_ERR_NOMEM;
+    }
+    e = queue_record_decode(rec, (const uint8_t *)buf, len);
+    if (e != QUEUE_RECORD_OK) {
+        free(rec);
+        snprintf(why, cap, "%s", queue_record_strerror(e));
+        return e;
+    }
+    if (strcmp(rec->qid, qid) != 0) {
+        queue_record_cleanup(rec);
+        free(rec);
+        snprintf(why, cap, "qid-mismatch");
+        return QUEUE_RECORD_ERR_CORRUPT;
+    }
+    *out = rec;
+    return QUEUE_RECORD_OK;
+}
+
+/* dest_list returns the distinct destinations of |rec| (pointers into it), sorted; only those
+ * with a pending recipient when |pending_only|. |*n| receives their number. NULL with *n = 0 is
+ * "none"; NULL with *n = SIZE_MAX is out of memory. */
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static const char **dest_list(const struct queue_record *rec, bool pending_only, size_t *n)
+{
+    const char **v = malloc((rec->n_rcpts ? rec->n_rcpts : 1) * sizeof(*v));
+    size_t k = 0, u = 0;
+
+    *n = SIZE_MAX;
+    if (v == NULL)
+        return NULL;
+    for (size_t i = 0; i < rec->n_rcpts; i++)
+        if (!pending_only || rec->rcpts[i].status == QUEUE_RCPT_PENDING)
+            v[k++] = rcpt_dest(&rec->rcpts[i]);
+    qsort(v, k, sizeof(*v), cmp_str);
+    for (size_t i = 0; i < k; i++)
+        if (u == 0 || strcmp(v[i], v[u - 1]) != 0)
+            v[u++] = v[i];
+    *n = u;
+    if (u == 0) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* qc_items_eval sends |script| with ARGV = [|first|] + `<qid>/<dest>` for each of |dests| whose
+ * home shard is |shard|. Returns 1 when sent, 0 when no destination homes there, or -errno. */
+static int qc_items_eval(struct queue_consumer *c, int script, unsigned shard, const char *first,
+                         const char *qid, const char *const *dests, size_t n, qc_fn fn, void *ctx,
+                         uintptr_t tag)
+{
+    size_t k = 0, cnt = 0, ql = strlen(qid);
+    const char **args;
+    size_t *lens;
+    char *buf;
+    int rc;
+
+    for (size_t i = 0; i < n; i++)
+        if (queue_consumer_item_shard(dests[i], c->shards) == shard)
+            cnt++;
+    if (cnt == 0)
+        return 0;
+    args = calloc(cnt + 1, sizeof(*args));
+    lens = calloc(cnt + 1, sizeof(*lens));
+    buf = malloc(cnt * QUEUE_CONSUMER_ITEM_MAX);
+    if (args == NULL || lens == NULL || buf == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (first != NULL) {
+        args[k] = first;
+        lens[k++] = strlen(first);
+    }
+    char *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        if (queue_consumer_item_shard(dests[i], c->shards) != shard)
+            continue;
+        size_t dl = strlen(dests[i]);
+        memcpy(p, qid, ql);
+        p[ql] = '/';
+        memcpy(p + ql + 1, dests[i], dl);
+        args[k] = p;
+        lens[k++] = ql + 1 + dl;
+        p += QUEUE_CONSUMER_ITEM_MAX;
+    }
+    rc = qc_eval(c, script, shard, k, args, lens, fn, ctx, tag);
+    if (rc == 0)
+        rc = 1;
+out:
+    free(args);
+    free(lens);
+    free(buf);
+    return rc;
+}
+
+/* ---- claim ---- */
+
+struct qc_bare {
+    char qid[CMTP_QID_MAX + 1];
+    char token[QC_TOKEN_MAX];
+    unsigned shard;
+    unsigned outstanding;
+    bool fail;
+};
+
+struct qc_claim {
+    struct qc_job j;
+    struct queue_consumer *c;
+    size_t max, got;
+    struct queue_consumer_lease **out; /* ready, |max| slots */
+    struct queue_consumer_lease **wk;  /* being validated, indexed by command tag */
+    struct qc_bare **bw;               /* being adopted, indexed by command tag */
+    size_t cap;                        /* slots of wk and bw: the batch */
+    unsigned start, visited, pass;
+    unsigned pending; /* commands and internal completions outstanding */
+    bool adopted, failed;
+    void (*cb)(void *arg, int err, struct queue_consumer_lease **leases, size_t n);
+    void *arg;
+};
+
+static void claim_destroy(struct qc_job *j)
+{
+    struct qc_claim *cl = (struct qc_claim *)j;
+    for (size_t i = 0; i < cl->got; i++)
+        lease_free(cl->out[i]);
+    for (size_t i = 0; i < cl->cap; i++) {
+        lease_free(cl->wk[i]);
+        free(cl->bw[i]);
+    }
+    free(cl->out);
+    free(cl->wk);
+    free(cl->bw);
+    free(cl);
+}
+
+static void claim_step(struct qc_claim *cl);
+static int done_start(struct queue_consumer_lease *l, const struct queue_consumer_outcome *o,
+                      size_t n, bool expire, struct qc_claim *parent,
+                      void (*cb)(void *arg, const struct queue_consumer_done_result *r), void *arg);
+
+/* claim_sub_done counts one reply (or internal completion) of |cl|; |cl| may be gone after. */
+static void claim_sub_done(struct qc_claim *cl)
+{
+    if (--cl->pending == 0)
+        claim_step(cl);
+}
+
+static void on_claim_aux(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    (void)c;
+    (void)tag;
+    (void)r; /* best effort: a lease left behind expires */
+    claim_sub_done(ctx);
+}
+
+/* claim_aux sends a script whose outcome does not matter to the claim, counted in |cl|. */
+static void claim_aux(struct qc_claim *cl, int script, unsigned shard, size_t nargs,
+                      const char *const *args)
+{
+    if (qc_evals(cl->c, script, shard, nargs, args, on_claim_aux, cl, 0) == 0)
+        cl->pending++;
+}
+
+static void claim_finish_item(struct qc_claim *cl, const struct queue_consumer_lease *l)
+{
+    const char *args[3] = {l->item, l->token, "fin"};
+    claim_aux(cl, QS_FINISH, l->shard_item, 3, args);
+}
+
+static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_claim *cl = ctx;
+    struct queue_consumer_lease *l = cl->wk[tag];
+    char why[QUEUE_REASON_MAX];
+    enum queue_record_err e;
+
+    cl->wk[tag] = NULL;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !r_str(r->element[1]) ||
+        r->element[1]->len >= sizeof(l->ver)) {
+        lease_free(l); /* left to expire */
+        goto out;
+    }
+    if (r->element[0]->type == REDIS_REPLY_NIL) {
+        /* The message was deleted, quarantined or finished by another item's completion. */
+        c->st.orphans++;
+        emit(c, QUEUE_CONSUMER_EV_ORPHAN, l->qid, l->dest, "message gone", 0);
+        claim_finish_item(cl, l);
+        lease_free(l);
+        goto out;
+    }
+    if (!r_str(r->element[0])) {
+        lease_free(l);
+        goto out;
+    }
+    e = decode_check(l->qid, r->element[0]->str, r->element[0]->len, &l->rec, why, sizeof(why));
+    if (e == QUEUE_RECORD_ERR_NOMEM) {
+        lease_free(l);
+        goto out;
+    }
+    if (e != QUEUE_RECORD_OK) {
+        const char *qargs[3] = {l->qid, why, ""};
+        c->st.quarantined++;
+        emit(c, QUEUE_CONSUMER_EV_QUARANTINED, l->qid, l->dest, why, 0);
+        claim_aux(cl, QS_QUARANTINE, l->shard_msg, 3, qargs);
+        claim_finish_item(cl, l);
+        lease_free(l);
+        goto out;
+    }
+    memcpy(l->ver, r->element[1]->str, r->element[1]->len);
+    l->ver[r->element[1]->len] = '\0';
+    if (lease_select(l) < 0) {
+        lease_free(l);
+        goto out;
+    }
+    if (l->n_rcpts == 0) {
+        /* Finished by an earlier completion whose item step was lost. */
+        claim_finish_item(cl, l);
+        lease_free(l);
+        goto out;
+    }
+    if (wall_ms() >= l->rec->created_ms + (int64_t)c->lifetime_ms) {
+        if (done_start(l, NULL, 0, true, cl, NULL, NULL) == 0)
+            cl->pending++;
+        else
+            lease_free(l);
+        goto out;
+    }
+    cl->out[cl->got++] = l;
+    c->st.claimed++;
+out:
+    claim_sub_done(cl);
+}
+
+static void on_adopt(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_claim *cl = ctx;
+    struct qc_bare *b = cl->bw[tag];
+
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER)
+        b->fail = true;
+    if (--b->outstanding == 0) {
+        /* Every item exists now (or an adoption failed: the message goes back, due now). */
+        const char *args[3] = {b->qid, b->token, b->fail ? "release" : "fin"};
+        claim_aux(cl, QS_FINISH, b->shard, 3, args);
+        if (!b->fail) {
+            cl->adopted = true;
+            c->st.adopted++;
+        }
+        free(b);
+        cl->bw[tag] = NULL;
+    }
+    claim_sub_done(cl);
+}
+
+/* bare_start splits the new message |qid| (leased with |token| on |shard|) into work items. */
+static void bare_start(struct qc_claim *cl, size_t slot, unsigned shard, const char *qid,
+                       const char *token, const redisReply *env)
+{
+    struct queue_consumer *c = cl->c;
+    struct queue_record *rec = NULL;
+    char why[QUEUE_REASON_MAX];
+    const char **dests = NULL;
+    size_t nd = 0;
+    enum queue_record_err e;
+    struct qc_bare *b;
+
+    if (env == NULL || env->type == REDIS_REPLY_NIL || !r_str(env)) {
+        const char *args[3] = {qid, token, "fin"};
+        claim_aux(cl, QS_FINISH, shard, 3, args);
+        return;
+    }
+    e = decode_check(qid, env->str, env->len, &rec, why, sizeof(why));
+    if (e == QUEUE_RECORD_ERR_NOMEM)
+        return; /* the lease expires; tried again */
+    if (e != QUEUE_RECORD_OK) {
+        const char *args[3] = {qid, why, token};
+        c->st.quarantined++;
+        emit(c, QUEUE_CONSUMER_EV_QUARANTINED, qid, "", why, 0);
+        claim_aux(cl, QS_QUARANTINE, shard, 3, args);
+        return;
+    }
+    dests = dest_list(rec, true, &nd);
+    b = calloc(1, sizeof(*b));
+    if (nd == SIZE_MAX || b == NULL) {
+        free(b);
+        goto out; /* out of memory: the lease expires */
+    }
+    snprintf(b->qid, sizeof(b->qid), "%s", qid);
+    snprintf(b->token, sizeof(b->token), "%s", token);
+    b->shard = shard;
+    cl->bw[slot] = b;
+    for (unsigned h = 0; h < c->shards && nd > 0; h++) {
+        int rc = qc_items_eval(c, QS_ADOPT, h, NULL, qid, dests, nd, on_adopt, cl, slot);
+        if (rc > 0) {
+            b->outstanding++;
+            cl->pending++;
+        } else if (rc < 0) {
+            b->fail = true;
+        }
+    }
+    if (b->outstanding == 0) {
+        const char *args[3] = {qid, token, nd == 0 ? "fin" : "release"};
+        claim_aux(cl, QS_FINISH, shard, 3, args);
+        free(b);
+        cl->bw[slot] = NULL;
+    }
+out:
+    free(dests);
+    queue_record_cleanup(rec);
+    free(rec);
+}
+
+static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_claim *cl = ctx;
+    unsigned shard = (unsigned)tag;
+    long long now;
+    char qid[CMTP_QID_MAX + 1], dest[CMTP_DOMAIN_MAX + 1], text[QUEUE_REASON_MAX];
+    unsigned smsg;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        !r_ll(r->element[0], &now) || r->element[1]->type != REDIS_REPLY_ARRAY ||
+        r->element[2]->type != REDIS_REPLY_ARRAY) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+            r_text(r, text, sizeof(text));
+            set_error(c, "redis claim failed", text);
+        }
+        cl->failed = true;
+        claim_sub_done(cl);
+        return;
+    }
+    for (size_t i = 0; i < r->element[1]->elements; i++) {
+        const redisReply *d = r->element[1]->element[i];
+        if (d->type != REDIS_REPLY_ARRAY || d->elements != 2 || !r_str(d->element[0]) ||
+            !split_item(c, d->element[0]->str, d->element[0]->len, qid, dest, &smsg))
+            continue;
+        c->st.dead++;
+        emit(c, QUEUE_CONSUMER_EV_DEAD, qid, dest, "lease expired without completion",
+             r_u32(d->element[1]));
+    }
+    const redisReply *items = r->element[2];
+    for (size_t i = 0; i < items->elements && i < cl->cap; i++) {
+        const redisReply *e = items->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 || !r_str(e->element[0]) ||
+            !r_str(e->element[1]) || e->element[1]->len >= QC_TOKEN_MAX ||
+            !split_item(c, e->element[0]->str, e->element[0]->len, qid, dest, &smsg))
+            continue; /* malformed: its lease expires */
+        char token[QC_TOKEN_MAX];
+        memcpy(token, e->element[1]->str, e->element[1]->len);
+        token[e->element[1]->len] = '\0';
+        if (dest[0] == '\0') {
+            bare_start(cl, i, shard, qid, token, e->element[4]);
+            continue;
+        }
+        struct queue_consumer_lease *l = calloc(1, sizeof(*l));
+        if (l == NULL)
+            continue;
+        l->c = c;
+        memcpy(l->item, e->element[0]->str, e->element[0]->len);
+        l->item[e->element[0]->len] = '\0';
+        memcpy(l->qid, qid, sizeof(qid));
+        memcpy(l->dest, dest, sizeof(dest));
+        memcpy(l->token, token, sizeof(token));
+        l->shard_msg = smsg;
+        l->shard_item = shard;
+        l->tries = r_u32(e->element[2]);
+        l->crashes = r_u32(e->element[3]);
+        l->expires_ms = (int64_t)now + c->lease_ms;
+        const char *args[1] = {qid};
+        cl->wk[i] = l;
+        if (qc_evals(c, QS_READ, smsg, 1, args, on_item_read, cl, i) == 0) {
+            cl->pending++;
+        } else {
+            cl->wk[i] = NULL;
+            lease_free(l);
+        }
+    }
+    claim_sub_done(cl);
+}
+
+/* claim_send sends the claim script to the next shard. Returns 0 when sent, 1 when there is
+ * nothing more to do, -errno when it could not be sent. */
+static int claim_send(struct qc_claim *cl)
+{
+    struct queue_consumer *c = cl->c;
+    char tokp[QC_TOKEN_MAX], lease_s[16], batch_s[16], conc_s[16], crash_s[16], scan_s[16];
+
+    for (;;) {
+        if (cl->failed || cl->got >= cl->max)
+            return 1;
+        if (cl->visited >= c->shards) {
+            if (cl->pass == 0 && cl->adopted) {
+                /* New messages were split: their items may sit in shards visited already. */
+                cl->pass = 1;
+                cl->visited = 0;
+                cl->adopted = false;
+                continue;
+            }
+            return 1;
+        }
+        break;
+    }
+    unsigned shard = (cl->start + cl->visited) % c->shards;
+    size_t batch = cl->max - cl->got;
+    if (batch > cl->cap)
+        batch = cl->cap;
+    size_t scan = batch * 8;
+    if (scan < 256)
+        scan = 256;
+    if (scan > 8192)
+        scan = 8192;
+    cl->visited++;
+    snprintf(tokp, sizeof(tokp), "%s#%016llx#", c->node, (unsigned long long)rng_next(c));
+    snprintf(lease_s, sizeof(lease_s), "%u", c->lease_ms);
+    snprintf(batch_s, sizeof(batch_s), "%zu", batch);
+    snprintf(conc_s, sizeof(conc_s), "%u", c->conc);
+    snprintf(crash_s, sizeof(crash_s), "%u", c->crash_max);
+    snprintf(scan_s, sizeof(scan_s), "%zu", scan);
+    const char *args[6] = {tokp, lease_s, batch_s, conc_s, crash_s, scan_s};
+    int rc = qc_evals(c, QS_CLAIM, shard, 6, args, on_claim_reply, cl, shard);
+    if (rc < 0)
+        return rc;
+    cl->pending = 1;
+    return 0;
+}
+
+static void claim_step(struct qc_claim *cl)
+{
+    struct queue_consumer *c = cl->c;
+    int rc;
+
+    if (cl->pending > 0)
+        return;
+    rc = claim_send(cl);
+    if (rc == 0)
+        return;
+    if (rc < 0)
+        cl->failed = true;
+    c->claim_cursor = (cl->start + cl->visited) % c->shards;
+    job_del(c, &cl->j);
+    int err = cl->failed && cl->got == 0 ? (c->state == QUEUE_CONNECTED ? -EIO : -ENOTCONN) : 0;
+    if (cl->cb)
+        cl->cb(cl->arg, err, cl->out, cl->got);
+    free(cl->out);
+    free(cl->wk);
+    free(cl->bw);
+    free(cl);
+}
+
+int queue_consumer_claim(struct queue_consumer *c, size_t max,
+                         void (*cb)(void *arg, int err, struct queue_consumer_lease **leases,
+                                    size_t n),
+                         void *arg)
+{
+    struct qc_claim *cl;
+    int rc;
+
+    if (c == NULL || cb == NULL || max == 0 || max > QUEUE_CONSUMER_CLAIM_MAX)
+        return -EINVAL;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    cl = calloc(1, sizeof(*cl));
+    if (cl == NULL)
+        return -ENOMEM;
+    cl->c = c;
+    cl->max = max;
+    cl->cap = c->batch;
+    cl->out = calloc(max, sizeof(*cl->out));
+    cl->wk = calloc(cl->cap, sizeof(*cl->wk));
+    cl->bw = calloc(cl->cap, sizeof(*cl->bw));
+    if (cl->out == NULL || cl->wk == NULL || cl->bw == NULL) {
+        rc = -ENOMEM;
+        goto err;
+    }
+    cl->start = c->claim_cursor % c->shards;
+    cl->cb = cb;
+    cl->arg = arg;
+    rc = claim_send(cl);
+    if (rc != 0) {
+        rc = rc < 0 ? rc : -EIO;
+        goto err;
+    }
+    job_add(c, &cl->j, claim_destroy);
+    return 0;
+err:
+    free(cl->out);
+    free(cl->wk);
+    free(cl->bw);
+    free(cl);
+    return rc;
+}
+
+/* ---- report items ---- */
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* QC_REPORT_HEAD is magic, version, flags, length and at_ms. */
+#define QC_REPORT_HEAD 20u
+
+/* report_encode writes a report item (format: queue_consumer_report_decode). */
+static int report_encode(const char *qid, const char *dest, int64_t at_ms,
+                         const struct queue_consumer_report_rcpt *rc, size_t n,
+                         const uint8_t *record, size_t record_len, uint8_t **out, size_t *out_len)
+{
+    size_t ql = strlen(qid), dl = strlen(dest);
+    size_t total = QC_REPORT_HEAD + 2 + ql + 2 + dl + 4 + 4 + record_len + 4;
+    uint8_t *b, *p;
+
+    *out = NULL;
+    for (size_t i = 0; i < n; i++)
+        total += 4 + 1 + 2 + strlen(rc[i].reason);
+    if (total > UINT32_MAX || n > UINT32_MAX)
+        return -E2BIG;
+    b = malloc(total);
+    if (b == NULL)
+        return -ENOMEM;
+    p = b;
+    memcpy(p, QUEUE_CONSUMER_REPORT_MAGIC, 4);
+    put16(p + 4, QUEUE_CONSUMER_REPORT_VERSION);
+    put16(p + 6, 0);
+    put32(p + 8, (uint32_t)total);
+    put32(p + 12, (uint32_t)((uint64_t)at_ms >> 32));
+    put32(p + 16, (uint32_t)at_ms);
+    p += QC_REPORT_HEAD;
+    put16(p, (uint16_t)ql);
+    memcpy(p + 2, qid, ql);
+    p += 2 + ql;
+    put16(p, (uint16_t)dl);
+    memcpy(p + 2, dest, dl);
+    p += 2 + dl;
+    put32(p, (uint32_t)n);
+    p += 4;
+    for (size_t i = 0; i < n; i++) {
+        size_t rl = strlen(rc[i].reason);
+        put32(p, rc[i].rcpt);
+        p[4] = (uint8_t)rc[i].status;
+        put16(p + 5, (uint16_t)rl);
+        memcpy(p + 7, rc[i].reason, rl);
+        p += 7 + rl;
+    }
+    put32(p, (uint32_t)record_len);
+    memcpy(p + 4, record, record_len);
+    p += 4 + record_len;
+    put32(p, queue_crc32c(0, b, (size_t)(p - b)));
+    *out = b;
+    *out_len = total;
+    return 0;
+}
+
+/* rd_str reads a u16-framed string of at most |max| octets without NUL into |out|. */
+static bool rd_str(const uint8_t **p, const uint8_t *end, char *out, size_t max)
+{
+    if (end - *p < 2)
+        return false;
+    size_t n = get16(*p);
+    if (n > max || (size_t)(end - *p - 2) < n || memchr(*p + 2, '\0', n) != NULL)
+        return false;
+    memcpy(out, *p + 2, n);
+    out[n] = '\0';
+    *p += 2 + n;
+    return true;
+}
+
+int queue_consumer_report_decode(struct queue_consumer_report *out, const uint8_t *buf, size_t len)
+{
+    const uint8_t *p, *end;
+    uint32_t n, rl;
+    int rc = -EBADMSG;
+
+    memset(out, 0, sizeof(*out));
+    if (buf == NULL || len < QC_REPORT_HEAD + 4 + 4 + 4 + 4 ||
+        memcmp(buf, QUEUE_CONSUMER_REPORT_MAGIC, 4) != 0 ||
+        get16(buf + 4) != QUEUE_CONSUMER_REPORT_VERSION || get16(buf + 6) != 0 ||
+        get32(buf + 8) != len || queue_crc32c(0, buf, len - 4) != get32(buf + len - 4))
+        return -EBADMSG;
+    out->at_ms = (int64_t)((uint64_t)get32(buf + 12) << 32 | get32(buf + 16));
+    p = buf + QC_REPORT_HEAD;
+    end = buf + len - 4;
+    if (!rd_str(&p, end, out->qid, CMTP_QID_MAX) || out->qid[0] == '\0' ||
+        !rd_str(&p, end, out->dest, CMTP_DOMAIN_MAX) || end - p < 4)
+        goto err;
+    n = get32(p);
+    p += 4;
+    /* Each entry takes at least 7 octets: bound the allocation by what the item can hold. */
+    if (n == 0 || n > CMTP_RCPT_MAX_HARD || (size_t)(end - p) / 7 < n)
+        goto err;
+    out->rcpts = calloc(n, sizeof(*out->rcpts));
+    if (out->rcpts == NULL) {
+        rc = -ENOMEM;
+        goto err;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        struct queue_consumer_report_rcpt *e = &out->rcpts[i];
+        if (end - p < 7)
+            goto err;
+        e->rcpt = get32(p);
+        if (p[4] != QUEUE_RCPT_FAILED && p[4] != QUEUE_RCPT_EXPIRED)
+            goto err;
+        e->status = (enum queue_rcpt_status)p[4];
+        p += 5;
+        if (!rd_str(&p, end, e->reason, QUEUE_REASON_MAX - 1))
+            goto err;
+    }
+    out->n_rcpts = n;
+    if (end - p < 4)
+        goto err;
+    rl = get32(p);
+    p += 4;
+    if ((size_t)(end - p) != rl)
+        goto err;
+    out->record = malloc(sizeof(*out->record));
+    if (out->record == NULL) {
+        rc = -ENOMEM;
+        goto err;
+    }
+    enum queue_record_err e = queue_record_decode(out->record, p, rl);
+    if (e != QUEUE_RECORD_OK) {
+        free(out->record);
+        out->record = NULL;
+        rc = e == QUEUE_RECORD_ERR_NOMEM ? -ENOMEM : -EBADMSG;
+        goto err;
+    }
+    for (size_t i = 0; i < out->n_rcpts; i++)
+        if (out->rcpts[i].rcpt >= out->record->n_rcpts)
+            goto err;
+    return 0;
+err:
+    queue_consumer_report_cleanup(out);
+    return rc;
+}
+
+void queue_consumer_report_cleanup(struct queue_consumer_report *r)
+{
+    if (r == NULL)
+        return;
+    if (r->record != NULL) {
+        queue_record_cleanup(r->record);
+        free(r->record);
+    }
+    free(r->rcpts);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- completion ---- */
+
+struct qc_done {
+    struct qc_job j;
+    struct queue_consumer *c;
+    struct queue_consumer_lease *l;
+    struct queue_consumer_outcome *o;
+    char (*reasons)[QUEUE_REASON_MAX];
+    size_t n;
+    bool expire; /* the claim found it past the lifetime: expire, no attempt */
+    unsigned stale;
+    uint64_t delay_ms;
+    bool dest_final, all_final;
+    char temp_reason[QUEUE_REASON_MAX];
+    struct queue_consumer_done_result res;
+    void (*cb)(void *arg, const struct queue_consumer_done_result *r);
+    void *arg;
+    struct qc_claim *parent;
+};
+
+static void done_destroy(struct qc_job *j)
+{
+    struct qc_done *d = (struct qc_done *)j;
+    lease_free(d->l);
+    free(d->o);
+    free(d->reasons);
+    free(d);
+}
+
+/* backoff returns min(retry_max, retry_base * 2^tries) less up to a quarter of jitter. */
+static uint64_t backoff(struct queue_consumer *c, uint32_t tries)
+{
+    uint64_t d = c->retry_base_ms;
+    for (uint32_t i = 0; i < tries && d < c->retry_max_ms; i++)
+        d *= 2;
+    if (d > c->retry_max_ms)
+        d = c->retry_max_ms;
+    uint64_t j = d / 4;
+    return d - (j ? rng_next(c) % (j + 1) : 0);
+}
+
+static void done_complete(struct qc_done *d)
+{
+    struct queue_consumer *c = d->c;
+    struct queue_consumer_done_result res = d->res;
+    void (*cb)(void *, const struct queue_consumer_done_result *) = d->cb;
+    void *arg = d->arg;
+    struct qc_claim *parent = d->parent;
+
+    job_del(c, &d->j);
+    done_destroy(&d->j);
+    if (parent != NULL)
+        claim_sub_done(parent);
+    else if (cb != NULL)
+        cb(arg, &res);
+}
+
+static void done_error(struct qc_done *d, const char *why)
+{
+    d->res.status = QUEUE_CONSUMER_DONE_ERROR;
+    snprintf(d->res.reason, sizeof(d->res.reason), "%s", why);
+    done_complete(d);
+}
+
+static int done_apply(struct qc_done *d);
+
+static void on_done_finish(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_done *d = ctx;
+    long long at = 0;
+    (void)tag;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !r_str(r->element[0])) {
+        /* The record is updated; the item's lease expires and a claim finds it done. */
+        done_error(d, "redis: work item not finished (its lease will expire)");
+        return;
+    }
+    if (r_is(r->element[0], "lost")) {
+        if (d->res.status == QUEUE_CONSUMER_DONE_OK) {
+            d->res.status = QUEUE_CONSUMER_DONE_LOST;
+            c->st.lost++;
+            emit(c, QUEUE_CONSUMER_EV_LEASE_LOST, d->l->qid, d->l->dest,
+                 "lease taken over before completion", 0);
+        }
+    } else if (!d->dest_final && d->res.status == QUEUE_CONSUMER_DONE_OK &&
+               r_ll(r->element[1], &at)) {
+        d->res.rescheduled = true;
+        d->res.next_attempt_ms = at;
+        c->st.retried++;
+    }
+    done_complete(d);
+}
+
+static void done_finish_item(struct qc_done *d, bool fin)
+{
+    struct queue_consumer_lease *l = d->l;
+    char delay_s[24];
+    snprintf(delay_s, sizeof(delay_s), "%llu", (unsigned long long)d->delay_ms);
+    const char *args[5] = {l->item, l->token, fin ? "fin" : "retry", delay_s, d->temp_reason};
+    if (qc_evals(d->c, QS_FINISH, l->shard_item, 5, args, on_done_finish, d, 0) < 0)
+        done_error(d, "redis: work item not finished (its lease will expire)");
+}
+
+static void on_update(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_done *d = ctx;
+    struct queue_consumer_lease *l = d->l;
+    char why[QUEUE_REASON_MAX];
+    (void)tag;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR)
+            r_text(r, why, sizeof(why));
+        else
+            snprintf(why, sizeof(why), "redis: record update lost");
+        done_error(d, why);
+        return;
+    }
+    const redisReply *st = r->element[0];
+    if (r_is(st, "stale") && r->elements == 3 && r_str(r->element[1]) && r_str(r->element[2]) &&
+        r->element[2]->len < sizeof(l->ver)) {
+        /* Another item of this message was completed meanwhile: apply ours to its record. */
+        struct queue_record *rec;
+        c->st.stale++;
+        if (++d->stale > QUEUE_CONSUMER_STALE_MAX) {
+            done_error(d, "record kept changing");
+            return;
+        }
+        if (decode_check(l->qid, r->element[1]->str, r->element[1]->len, &rec, why, sizeof(why)) !=
+            QUEUE_RECORD_OK) {
+            done_error(d, why); /* the next claim quarantines it */
+            return;
+        }
+        queue_record_cleanup(l->rec);
+        free(l->rec);
+        l->rec = rec;
+        memcpy(l->ver, r->element[2]->str, r->element[2]->len);
+        l->ver[r->element[2]->len] = '\0';
+        if (done_apply(d) < 0)
+            done_error(d, "redis: record update not sent");
+        return;
+    }
+    if (r_is(st, "gone")) {
+        d->res.status = QUEUE_CONSUMER_DONE_GONE;
+        d->res.delivered = d->res.failed = d->res.expired = 0;
+        d->res.report_queued = false;
+        d->dest_final = true;
+        done_finish_item(d, true);
+        return;
+    }
+    if (!r_is(st, "ok") && !r_is(st, "removed")) {
+        done_error(d, "unexpected update reply");
+        return;
+    }
+    c->st.delivered += d->res.delivered;
+    c->st.failed += d->res.failed;
+    c->st.expired += d->res.expired;
+    if (d->res.report_queued)
+        c->st.reports++;
+    if (d->res.failed)
+        emit(c, QUEUE_CONSUMER_EV_FAILED, l->qid, l->dest, "permanent failure", d->res.failed);
+    if (d->res.expired)
+        emit(c, QUEUE_CONSUMER_EV_EXPIRED, l->qid, l->dest, d->temp_reason, d->res.expired);
+    if (r_is(st, "removed")) {
+        d->res.removed = true;
+        c->st.removed++;
+    }
+    done_finish_item(d, d->dest_final || d->res.removed);
+}
+
+/* done_apply applies the outcomes of |d| to its lease's record and sends the update. On failure
+ * the record is left as it was. */
+static int done_apply(struct qc_done *d)
+{
+    struct queue_consumer *c = d->c;
+    struct queue_consumer_lease *l = d->l;
+    struct queue_record *rec = l->rec;
+    size_t nr = rec->n_rcpts;
+    size_t *omap = malloc((nr ? nr : 1) * sizeof(*omap));
+    uint8_t *saved = malloc(nr ? nr : 1);
+    struct queue_consumer_report_rcpt *rep = NULL;
+    size_t nrep = 0, nd = 0;
+    uint32_t saved_attempts = rec->attempts;
+    uint8_t *rbuf = NULL, *report = NULL;
+    size_t rlen = 0, replen = 0;
+    const char **dests = NULL;
+    const char **args = NULL;
+    size_t *lens = NULL;
+    unsigned delivered = 0, failed = 0, expired = 0, pending = 0;
+    int rc = -ENOMEM;
+
+    if (omap == NULL || saved == NULL)
+        goto out;
+    for (size_t i = 0; i < nr; i++) {
+        omap[i] = SIZE_MAX;
+        saved[i] = (uint8_t)rec->rcpts[i].status;
+    }
+    for (size_t k = 0; k < d->n; k++)
+        if (d->o[k].rcpt < nr)
+            omap[d->o[k].rcpt] = k;
+    d->temp_reason[0] = '\0';
+    for (size_t i = 0; i < nr; i++) {
+        struct queue_rcpt *rp = &rec->rcpts[i];
+        if (rp->status != QUEUE_RCPT_PENDING || strcmp(rcpt_dest(rp), l->dest) != 0)
+            continue;
+        size_t k = omap[i];
+        if (d->expire || k == SIZE_MAX) {
+            pending++;
+            if (!d->expire && d->temp_reason[0] == '\0')
+                snprintf(d->temp_reason, sizeof(d->temp_reason), "no outcome");
+            continue;
+        }
+        switch (d->o[k].result) {
+        case QUEUE_CONSUMER_DELIVERED:
+            rp->status = QUEUE_RCPT_DELIVERED;
+            delivered++;
+            break;
+        case QUEUE_CONSUMER_PERMFAIL:
+            rp->status = QUEUE_RCPT_FAILED;
+            failed++;
+            break;
+        case QUEUE_CONSUMER_TEMPFAIL:
+            pending++;
+            if (d->temp_reason[0] == '\0')
+                snprintf(d->temp_reason, sizeof(d->temp_reason), "%s", d->reasons[k]);
+            break;
+        }
+    }
+    if (!d->expire && rec->attempts < UINT32_MAX)
+        rec->attempts++;
+    d->delay_ms = 0;
+    bool expire_now = false;
+    if (pending > 0) {
+        expire_now = d->expire;
+        if (!expire_now) {
+            uint64_t delay = backoff(c, l->tries);
+            int64_t deadline = rec->created_ms + (int64_t)c->lifetime_ms;
+            if (wall_ms() + (int64_t)delay >= deadline)
+                expire_now = true;
+            else
+                d->delay_ms = delay;
+        }
+    }
+    /* Report entries: recipients this completion failed or expires. */
+    rep = calloc(failed + (expire_now ? pending : 0) + 1, sizeof(*rep));
+    if (rep == NULL)
+        goto restore;
+    for (size_t i = 0; i < nr; i++) {
+        struct queue_rcpt *rp = &rec->rcpts[i];
+        if (strcmp(rcpt_dest(rp), l->dest) != 0 || saved[i] != QUEUE_RCPT_PENDING)
+            continue;
+        if (rp->status == QUEUE_RCPT_FAILED) {
+            rep[nrep].rcpt = (uint32_t)i;
+            rep[nrep].status = QUEUE_RCPT_FAILED;
+            copy_clean(rep[nrep].reason, sizeof(rep[nrep].reason), d->reasons[omap[i]],
+                       strlen(d->reasons[omap[i]]));
+            nrep++;
+        } else if (rp->status == QUEUE_RCPT_PENDING && expire_now) {
+            rp->status = QUEUE_RCPT_EXPIRED;
+            expired++;
+            rep[nrep].rcpt = (uint32_t)i;
+            rep[nrep].status = QUEUE_RCPT_EXPIRED;
+            snprintf(rep[nrep].reason, sizeof(rep[nrep].reason), "lifetime exceeded%s%.80s",
+                     d->temp_reason[0] ? "; last error: " : "", d->temp_reason);
+            nrep++;
+        }
+    }
+    if (expire_now) {
+        pending = 0;
+        if (d->temp_reason[0] == '\0')
+            snprintf(d->temp_reason, sizeof(d->temp_reason), "lifetime exceeded");
+    }
+    d->dest_final = pending == 0;
+    d->all_final = true;
+    for (size_t i = 0; i < nr && d->all_final; i++)
+        if (rec->rcpts[i].status == QUEUE_RCPT_PENDING)
+            d->all_final = false;
+    struct queue_record_in in;
+    queue_record_in_from(&in, rec);
+    rc = queue_record_encode(&in, &rbuf, &rlen);
+    if (rc < 0)
+        goto restore;
+    if (nrep > 0) {
+        rc = report_encode(l->qid, l->dest, wall_ms(), rep, nrep, rbuf, rlen, &report, &replen);
+        if (rc < 0)
+            goto restore;
+    }
+    if (d->all_final) {
+        dests = dest_list(rec, false, &nd);
+        if (nd == SIZE_MAX) {
+            rc = -ENOMEM;
+            goto restore;
+        }
+    }
+    args = calloc(7 + nd, sizeof(*args));
+    lens = calloc(7 + nd, sizeof(*lens));
+    if (args == NULL || lens == NULL) {
+        rc = -ENOMEM;
+        goto restore;
+    }
+    args[0] = l->qid;
+    args[1] = l->ver;
+    args[2] = d->all_final ? "" : (const char *)rbuf;
+    lens[2] = d->all_final ? 0 : rlen;
+    args[3] = report ? (const char *)report : "";
+    lens[3] = report ? replen : 0;
+    args[4] = d->all_final ? "1" : "0";
+    args[5] = l->dest;
+    args[6] = d->dest_final ? "1" : "0";
+    for (size_t i = 0; i < nd; i++)
+        args[7 + i] = dests[i];
+    for (size_t i = 0; i < 7 + nd; i++)
+        if (i != 2 && i != 3)
+            lens[i] = strlen(args[i]);
+    rc = qc_eval(c, QS_UPDATE, l->shard_msg, 7 + nd, args, lens, on_update, d, 0);
+    if (rc < 0)
+        goto restore;
+    memset(&d->res, 0, sizeof(d->res));
+    snprintf(d->res.qid, sizeof(d->res.qid), "%s", l->qid);
+    snprintf(d->res.dest, sizeof(d->res.dest), "%s", l->dest);
+    d->res.delivered = delivered;
+    d->res.failed = failed;
+    d->res.expired = expired;
+    d->res.pending = pending;
+    d->res.report_queued = nrep > 0;
+    goto out;
+restore:
+    for (size_t i = 0; i < nr; i++)
+        rec->rcpts[i].status = (enum queue_rcpt_status)saved[i];
+    rec->attempts = saved_attempts;
+out:
+    if (rbuf)
+        explicit_bzero(rbuf, rlen);
+    free(rbuf);
+    free(report);
+    free(rep);
+    free(dests);
+    free(args);
+    free(lens);
+    free(omap);
+    free(saved);
+    return rc;
+}
+
+static int done_start(struct queue_consumer_lease *l, const struct queue_consumer_outcome *o,
+                      size_t n, bool expire, struct qc_claim *parent,
+                      void (*cb)(void *arg, const struct queue_consumer_done_result *r), void *arg)
+{
+    struct queue_consumer *c = l->c;
+    struct qc_done *d = calloc(1, sizeof(*d));
+    int rc;
+
+    if (d == NULL)
+        return -ENOMEM;
+    d->c = c;
+    d->l = l;
+    d->expire = expire;
+    d->parent = parent;
+    d->cb = cb;
+    d->arg = arg;
+    d->n = n;
+    if (n > 0) {
+        d->o = calloc(n, sizeof(*d->o));
+        d->reasons = calloc(n, sizeof(*d->reasons));
+        if (d->o == NULL || d->reasons == NULL) {
+            rc = -ENOMEM;
+            goto err;
+        }
+        for (size_t i = 0; i < n; i++) {
+            d->o[i] = o[i];
+            copy_clean(d->reasons[i], QUEUE_REASON_MAX, o[i].reason,
+                       o[i].reason ? strlen(o[i].reason) : 0);
+            d->o[i].reason = d->reasons[i];
+        }
+    }
+    rc = done_apply(d);
+    if (rc < 0)
+        goto err;
+    job_add(c, &d->j, done_destroy);
+    return 0;
+err:
+    free(d->o);
+    free(d->reasons);
+    free(d);
+    return rc;
+}
+
+int queue_consumer_done(struct queue_consumer_lease *l, const struct queue_consumer_outcome *o,
+                        size_t n, void (*cb)(void *arg, const struct queue_consumer_done_result *r),
+                        void *arg)
+{
+    if (l == NULL || (n > 0 && o == NULL) || n > CMTP_RCPT_MAX_HARD)
+        return -EINVAL;
+    if (l->busy)
+        return -EBUSY;
+    for (size_t i = 0; i < n; i++) {
+        if (o[i].rcpt >= l->rec->n_rcpts ||
+            strcmp(rcpt_dest(&l->rec->rcpts[o[i].rcpt]), l->dest) != 0 ||
+            (o[i].result != QUEUE_CONSUMER_DELIVERED && o[i].result != QUEUE_CONSUMER_TEMPFAIL &&
+             o[i].result != QUEUE_CONSUMER_PERMFAIL))
+            return -EINVAL;
+    }
+    if (l->c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    return done_start(l, o, n, false, NULL, cb, arg);
+}
+
+/* ---- renew, return, abandon ---- */
+
+struct qc_simple {
+    struct qc_job j;
+    struct queue_consumer_lease *l; /* renew only */
+    void (*cb)(void *arg, int err);
+    void *arg;
+};
+
+static void simple_destroy(struct qc_job *j)
+{
+    struct qc_simple *s = (struct qc_simple *)j;
+    if (s->l != NULL) {
+        s->l->busy = false;
+        if (s->l->abandoned)
+            lease_free(s->l);
+    }
+    free(s);
+}
+
+static void simple_end(struct queue_consumer *c, struct qc_simple *s, int err)
+{
+    void (*cb)(void *, int) = s->cb;
+    void *arg = s->arg;
+    bool abandoned = s->l != NULL && s->l->abandoned;
+    job_del(c, &s->j);
+    simple_destroy(&s->j);
+    if (cb != NULL && !abandoned)
+        cb(arg, err);
+}
+
+static void on_renew(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_simple *s = ctx;
+    long long at;
+    (void)tag;
+    if (r != NULL && r->type == REDIS_REPLY_NIL) {
+        simple_end(c, s, -ESTALE);
+    } else if (r_ll(r, &at)) {
+        s->l->expires_ms = at;
+        simple_end(c, s, 0);
+    } else {
+        simple_end(c, s, -EIO);
+    }
+}
+
+static struct qc_simple *simple_new(struct queue_consumer *c, void (*cb)(void *, int), void *arg)
+{
+    struct qc_simple *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->cb = cb;
+    s->arg = arg;
+    (void)c;
+    return s;
+}
+
+int queue_consumer_renew(struct queue_consumer_lease *l, void (*cb)(void *arg, int err), void *arg)
+{
+    struct queue_consumer *c;
+    char ms[16];
+    struct qc_simple *s;
+    int rc;
+
+    if (l == NULL)
+        return -EINVAL;
+    if (l->busy)
+        return -EBUSY;
+    c = l->c;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    s = simple_new(c, cb, arg);
+    if (s == NULL)
+        return -ENOMEM;
+    snprintf(ms, sizeof(ms), "%u", c->lease_ms);
+    const char *args[3] = {l->item, l->token, ms};
+    rc = qc_evals(c, QS_RENEW, l->shard_item, 3, args, on_renew, s, 0);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    s->l = l;
+    l->busy = true;
+    job_add(c, &s->j, simple_destroy);
+    return 0;
+}
+
+static void on_returned(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    (void)tag;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r_is(r->element[0], "ok"))
+        simple_end(c, ctx, 0);
+    else if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        simple_end(c, ctx, -ESTALE);
+    else
+        simple_end(c, ctx, -EIO);
+}
+
+int queue_consumer_lease_return(struct queue_consumer_lease *l, void (*cb)(void *arg, int err),
+                                void *arg)
+{
+    struct queue_consumer *c;
+    struct qc_simple *s;
+    int rc;
+
+    if (l == NULL)
+        return -EINVAL;
+    if (l->busy)
+        return -EBUSY;
+    c = l->c;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    s = simple_new(c, cb, arg);
+    if (s == NULL)
+        return -ENOMEM;
+    const char *args[3] = {l->item, l->token, "release"};
+    rc = qc_evals(c, QS_FINISH, l->shard_item, 3, args, on_returned, s, 0);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    job_add(c, &s->j, simple_destroy);
+    lease_free(l); /* the command carries copies of what it needs */
+    return 0;
+}
+
+void queue_consumer_lease_abandon(struct queue_consumer_lease *l)
+{
+    if (l == NULL)
+        return;
+    if (l->busy) {
+        l->abandoned = true; /* the renewal in flight frees it */
+        return;
+    }
+    lease_free(l);
+}
+
+/* ---- body ---- */
+
+struct queue_consumer_body {
+    struct qc_job j;
+    struct queue_consumer *c;
+    char key[QUEUE_KEY_MAX];
+    size_t klen;
+    uint64_t size, off;
+    uint32_t index;
+    bool busy, closed;
+    void (*cb)(void *arg, int err, const uint8_t *data, size_t len, bool last);
+    void *arg;
+};
+
+static void body_destroy(struct qc_job *j)
+{
+    free(j);
+}
+
+struct queue_consumer_body *queue_consumer_body_open(const struct queue_consumer_lease *l)
+{
+    struct queue_consumer_body *b = calloc(1, sizeof(*b));
+    int kl;
+
+    if (b == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    kl = queue_key_format(b->key, sizeof(b->key), l->c->prefix, l->shard_msg, "body", l->qid,
+                          strlen(l->qid));
+    if (kl < 0) {
+        free(b);
+        errno = -kl;
+        return NULL;
+    }
+    b->klen = (size_t)kl;
+    b->c = l->c;
+    b->size = l->rec->env.size;
+    job_add(b->c, &b->j, body_destroy);
+    return b;
+}
+
+static void on_body(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct queue_consumer_body *b = ctx;
+    (void)tag;
+
+    b->busy = false;
+    if (b->closed) {
+        job_del(c, &b->j);
+        free(b);
+        return;
+    }
+    if (r != NULL && r->type == REDIS_REPLY_NIL) {
+        b->cb(b->arg, -ENOENT, NULL, 0, false);
+        return;
+    }
+    if (!r_str(r) || r->len == 0 || r->len > b->size - b->off) {
+        b->cb(b->arg, -EIO, NULL, 0, false);
+        return;
+    }
+    b->off += r->len;
+    b->index++;
+    b->cb(b->arg, 0, (const uint8_t *)r->str, r->len, b->off == b->size);
+}
+
+int queue_consumer_body_next(struct queue_consumer_body *b,
+                             void (*cb)(void *arg, int err, const uint8_t *data, size_t len,
+                                        bool last),
+                             void *arg)
+{
+    char idx[16];
+    if (b == NULL || cb == NULL || b->closed)
+        return -EINVAL;
+    if (b->busy)
+        return -EBUSY;
+    if (b->off >= b->size)
+        return -ENODATA;
+    if (b->c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    snprintf(idx, sizeof(idx), "%u", b->index);
+    const char *argv[3] = {"LINDEX", b->key, idx};
+    size_t lens[3] = {6, b->klen, strlen(idx)};
+    int rc = qc_cmd_argv(b->c, 3, argv, lens, on_body, b, 0);
+    if (rc < 0)
+        return rc;
+    b->cb = cb;
+    b->arg = arg;
+    b->busy = true;
+    return 0;
+}
+
+void queue_consumer_body_close(struct queue_consumer_body *b)
+{
+    if (b == NULL)
+        return;
+    if (b->busy) {
+        b->closed = true;
+        return;
+    }
+    job_del(b->c, &b->j);
+    free(b);
+}
+
+/* ---- report take and ack ---- */
+
+struct qc_rtake {
+    struct qc_job j;
+    unsigned start, visited;
+    void (*cb)(void *arg, int err, unsigned shard, const uint8_t *data, size_t len);
+    void *arg;
+};
+
+static void free_job(struct qc_job *j)
+{
+    free(j);
+}
+
+static int rtake_send(struct queue_consumer *c, struct qc_rtake *t);
+
+static void on_rtake(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_rtake *t = ctx;
+    unsigned shard = (unsigned)tag;
+    int err;
+
+    if (r != NULL && r->type == REDIS_REPLY_NIL) {
+        if (t->visited >= c->shards)
+            err = -ENOENT;
+        else if (rtake_send(c, t) == 0)
+            return;
+        else
+            err = -EIO;
+    } else {
+        err = r_str(r) ? 0 : -EIO;
+    }
+    if (err == 0)
+        c->report_cursor = shard; /* start there next time: it may hold more */
+    job_del(c, &t->j);
+    if (t->cb)
+        t->cb(t->arg, err, shard, err == 0 ? (const uint8_t *)r->str : NULL, err == 0 ? r->len : 0);
+    free(t);
+}
+
+static int rtake_send(struct queue_consumer *c, struct qc_rtake *t)
+{
+    char ms[16];
+    unsigned shard = (t->start + t->visited) % c->shards;
+    snprintf(ms, sizeof(ms), "%u", c->lease_ms);
+    const char *args[1] = {ms};
+    t->visited++;
+    return qc_evals(c, QS_RTAKE, shard, 1, args, on_rtake, t, shard);
+}
+
+int queue_consumer_report_take(struct queue_consumer *c,
+                               void (*cb)(void *arg, int err, unsigned shard, const uint8_t *data,
+                                          size_t len),
+                               void *arg)
+{
+    struct qc_rtake *t;
+    int rc;
+
+    if (c == NULL || cb == NULL)
+        return -EINVAL;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -ENOMEM;
+    t->start = c->report_cursor % c->shards;
+    t->cb = cb;
+    t->arg = arg;
+    rc = rtake_send(c, t);
+    if (rc < 0) {
+        free(t);
+        return rc;
+    }
+    job_add(c, &t->j, free_job);
+    return 0;
+}
+
+static void on_rack(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_simple *s = ctx;
+    (void)tag;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+        simple_end(c, s, r->integer > 0 ? 0 : -ENOENT);
+    else
+        simple_end(c, s, -EIO);
+}
+
+int queue_consumer_report_ack(struct queue_consumer *c, unsigned shard, const uint8_t *data,
+                              size_t len, void (*cb)(void *arg, int err), void *arg)
+{
+    char key[QUEUE_KEY_MAX];
+    struct qc_simple *s;
+    int kl, rc;
+
+    if (c == NULL || data == NULL || len == 0 || shard >= c->shards)
+        return -EINVAL;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    kl = queue_key_format(key, sizeof(key), c->prefix, shard, "rbusy", NULL, 0);
+    if (kl < 0)
+        return kl;
+    s = simple_new(c, cb, arg);
+    if (s == NULL)
+        return -ENOMEM;
+    const char *argv[3] = {"ZREM", key, (const char *)data};
+    size_t lens[3] = {4, (size_t)kl, len};
+    rc = qc_cmd_argv(c, 3, argv, lens, on_rack, s, 0);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    job_add(c, &s->j, simple_destroy);
+    return 0;
+}
+
+/* ---- admin: summary ---- */
+
+struct qc_summary {
+    struct qc_job j;
+    unsigned pending;
+    bool failed;
+    struct queue_consumer_dest_summary *d;
+    size_t n;
+    bool trunc;
+    uint64_t quar;
+    void (*cb)(void *arg, int err, const struct queue_consumer_summary *s);
+    void *arg;
+};
+
+static void summary_destroy(struct qc_job *j)
+{
+    struct qc_summary *s = (struct qc_summary *)j;
+    free(s->d);
+    free(s);
+}
+
+static int cmp_dest_summary(const void *a, const void *b)
+{
+    return strcmp(((const struct queue_consumer_dest_summary *)a)->dest,
+                  ((const struct queue_consumer_dest_summary *)b)->dest);
+}
+
+static void min_nonzero(int64_t *into, int64_t v)
+{
+    if (v > 0 && (*into == 0 || v < *into))
+        *into = v;
+}
+
+static void summary_merge(struct qc_summary *s, const redisReply *r)
+{
+    long long v;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[2]->type != REDIS_REPLY_ARRAY) {
+        s->failed = true;
+        return;
+    }
+    if (r_ll(r->element[0], &v) && v)
+        s->trunc = true;
+    if (r_ll(r->element[1], &v) && v > 0)
+        s->quar += (uint64_t)v;
+    for (size_t i = 0; i < r->element[2]->elements; i++) {
+        const redisReply *e = r->element[2]->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 7 || !r_str(e->element[0]) ||
+            e->element[0]->len > CMTP_DOMAIN_MAX || !r_str(e->element[5]))
+            continue;
+        struct queue_consumer_dest_summary *ds = NULL;
+        for (size_t k = 0; k < s->n; k++) {
+            if (strlen(s->d[k].dest) == e->element[0]->len &&
+                memcmp(s->d[k].dest, e->element[0]->str, e->element[0]->len) == 0) {
+                ds = &s->d[k];
+                break;
+            }
+        }
+        if (ds == NULL) {
+            if (s->n >= QUEUE_CONSUMER_SUMMARY_MAX) {
+                s->trunc = true;
+                continue;
+            }
+            ds = &s->d[s->n++];
+            memset(ds, 0, sizeof(*ds));
+            copy_clean(ds->dest, sizeof(ds->dest), e->element[0]->str, e->element[0]->len);
+        }
+        ds->scheduled += r_u32(e->element[1]);
+        ds->leased += r_u32(e->element[2]);
+        ds->held += r_u32(e->element[3]);
+        ds->dead += r_u32(e->element[4]);
+        char oldest[CMTP_QID_MAX + 1];
+        copy_clean(oldest, sizeof(oldest), e->element[5]->str, e->element[5]->len);
+        min_nonzero(&ds->oldest_ms, qid_time_ms(oldest));
+        if (r_ll(e->element[6], &v))
+            min_nonzero(&ds->next_attempt_ms, v);
+    }
+}
+
+static void on_summary(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_summary *s = ctx;
+    (void)tag;
+    summary_merge(s, r);
+    if (--s->pending > 0)
+        return;
+    job_del(c, &s->j);
+    qsort(s->d, s->n, sizeof(*s->d), cmp_dest_summary);
+    struct queue_consumer_summary sum = {
+        .dests = s->d,
+        .n_dests = s->n,
+        .quarantined = s->quar,
+        .truncated = s->trunc,
+    };
+    s->cb(s->arg, s->failed ? -EIO : 0, s->failed ? NULL : &sum);
+    summary_destroy(&s->j);
+}
+
+int queue_consumer_summary(struct queue_consumer *c,
+                           void (*cb)(void *arg, int err, const struct queue_consumer_summary *s),
+                           void *arg)
+{
+    struct qc_summary *s;
+    char scan[16];
+
+    if (c == NULL || cb == NULL)
+        return -EINVAL;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return -ENOMEM;
+    s->d = calloc(QUEUE_CONSUMER_SUMMARY_MAX, sizeof(*s->d));
+    if (s->d == NULL) {
+        free(s);
+        return -ENOMEM;
+    }
+    s->cb = cb;
+    s->arg = arg;
+    snprintf(scan, sizeof(scan), "%u", QUEUE_CONSUMER_SCAN_MAX);
+    const char *args[1] = {scan};
+    for (unsigned k = 0; k < c->shards; k++) {
+        if (qc_evals(c, QS_SUMMARY, k, 1, args, on_summary, s, k) == 0)
+            s->pending++;
+        else
+            s->failed = true;
+    }
+    if (s->pending == 0) {
+        summary_destroy(&s->j);
+        return -EIO;
+    }
+    job_add(c, &s->j, summary_destroy);
+    return 0;
+}
+
+/* ---- admin: list ---- */
+
+static const char *const state_keys[] = {"sched", "leases", "held", "dead", "quarantine"};
+
+struct qc_list {
+    struct qc_job j;
+    unsigned pending;
+    bool failed, trunc;
+    enum queue_consumer_state_kind state;
+    struct queue_consumer_entry *e;
+    size_t n, limit;
+    void (*cb)(void *arg, int err, const struct queue_consumer_entry *e, size_t n, bool truncated);
+    void *arg;
+};
+
+static void list_destroy(struct qc_job *j)
+{
+    struct qc_list *l = (struct qc_list *)j;
+    free(l->e);
+    free(l);
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const struct queue_consumer_entry *x = a, *y = b;
+    if (x->at_ms != y->at_ms)
+        return x->at_ms < y->at_ms ? -1 : 1;
+    int r = strcmp(x->qid, y->qid);
+    return r ? r : strcmp(x->dest, y->dest);
+}
+
+static void list_add(struct queue_consumer *c, struct qc_list *l, const redisReply *e)
+{
+    struct queue_consumer_entry ent;
+    unsigned smsg;
+    long long at;
+
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 3 || !r_str(e->element[0]) ||
+        !r_ll(e->element[1], &at) ||
+        !split_item(c, e->element[0]->str, e->element[0]->len, ent.qid, ent.dest, &smsg))
+        return;
+    ent.state = l->state;
+    ent.at_ms = at;
+    r_text(e->element[2], ent.info, sizeof(ent.info));
+    if (l->state == QUEUE_CONSUMER_LEASED) {
+        char *hash = strchr(ent.info, '#'); /* token = node#random#n: show the node */
+        if (hash)
+            *hash = '\0';
+    }
+    if (l->n < l->limit) {
+        l->e[l->n++] = ent;
+        return;
+    }
+    l->trunc = true;
+    size_t worst = 0;
+    for (size_t i = 1; i < l->n; i++)
+        if (cmp_entry(&l->e[i], &l->e[worst]) > 0)
+            worst = i;
+    if (cmp_entry(&ent, &l->e[worst]) < 0)
+        l->e[worst] = ent;
+}
+
+static void on_list(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_list *l = ctx;
+    long long t;
+    (void)tag;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        l->failed = true;
+    } else {
+        if (r_ll(r->element[0], &t) && t)
+            l->trunc = true;
+        for (size_t i = 0; i < r->element[1]->elements; i++)
+            list_add(c, l, r->element[1]->element[i]);
+    }
+    if (--l->pending > 0)
+        return;
+    job_del(c, &l->j);
+    qsort(l->e, l->n, sizeof(*l->e), cmp_entry);
+    l->cb(l->arg, l->failed ? -EIO : 0, l->e, l->failed ? 0 : l->n, l->trunc);
+    list_destroy(&l->j);
+}
+
+int queue_consumer_list(struct queue_consumer *c, const struct queue_consumer_filter *f,
+                        void (*cb)(void *arg, int err, const struct queue_consumer_entry *e,
+                                   size_t n, bool truncated),
+                        void *arg)
+{
+    struct qc_list *l;
+    char lim[16], scan[16];
+    const char *want = "*";
+
+    if (c == NULL || f == NULL || cb == NULL || (unsigned)f->state > QUEUE_CONSUMER_QUARANTINED ||
+        f->limit > QUEUE_CONSUMER_LIST_MAX)
+        return -EINVAL;
+    if (f->dest != NULL) {
+        if (strlen(f->dest) > CMTP_DOMAIN_MAX || strchr(f->dest, '/') != NULL ||
+            (f->state == QUEUE_CONSUMER_QUARANTINED && f->dest[0] != '\0'))
+            return -EINVAL;
+        want = f->dest;
+    }
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return -ENOMEM;
+    l->limit = f->limit ? f->limit : QUEUE_CONSUMER_LIST_MAX;
+    l->state = f->state;
+    l->e = calloc(l->limit, sizeof(*l->e));
+    if (l->e == NULL) {
+        free(l);
+        return -ENOMEM;
+    }
+    l->cb = cb;
+    l->arg = arg;
+    snprintf(lim, sizeof(lim), "%zu", l->limit);
+    snprintf(scan, sizeof(scan), "%u", QUEUE_CONSUMER_SCAN_MAX);
+    const char *args[4] = {state_keys[f->state], want, lim, scan};
+    bool one = f->dest != NULL && f->dest[0] != '\0';
+    unsigned home = one ? queue_consumer_item_shard(f->dest, c->shards) : 0;
+    for (unsigned k = 0; k < c->shards; k++) {
+        if (one && k != home)
+            continue;
+        if (qc_evals(c, QS_LIST, k, 4, args, on_list, l, k) == 0)
+            l->pending++;
+        else
+            l->failed = true;
+    }
+    if (l->pending == 0) {
+        list_destroy(&l->j);
+        return -EIO;
+    }
+    job_add(c, &l->j, list_destroy);
+    return 0;
+}
+
+/* ---- admin: one message (show, delete, hold, release, retry) ---- */
+
+enum qc_mode { QM_SHOW = 0, QM_DELETE, QM_HOLD, QM_RELEASE, QM_RETRY };
+static const char *const mode_names[] = {"show", "delete", "hold", "release", "retry"};
+
+struct qc_msg {
+    struct qc_job j;
+    enum qc_mode mode;
+    char qid[CMTP_QID_MAX + 1];
+    unsigned shard;
+    int stage;
+    unsigned pending;
+    bool failed, found;
+    unsigned count;
+    struct queue_record *rec;
+    size_t rec_len;
+    bool quarantined;
+    char qreason[QUEUE_REASON_MAX];
+    const char **dests;
+    size_t nd;
+    struct queue_consumer_item_state *items;
+    size_t n_items, cap_items;
+    void (*cb_show)(void *arg, int err, const struct queue_consumer_show_result *r);
+    void (*cb_n)(void *arg, int err, unsigned n);
+    void *arg;
+};
+
+static void msg_destroy(struct qc_job *j)
+{
+    struct qc_msg *m = (struct qc_msg *)j;
+    if (m->rec) {
+        queue_record_cleanup(m->rec);
+        free(m->rec);
+    }
+    free(m->dests);
+    free(m->items);
+    free(m);
+}
+
+static void msg_info(struct qc_msg *m, const redisReply *r)
+{
+    char why[QUEUE_REASON_MAX];
+    const redisReply *rec;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5) {
+        m->failed = true;
+        return;
+    }
+    rec = r_str(r->element[0]) ? r->element[0] : r_str(r->element[1]) ? r->element[1] : NULL;
+    if (r_str(r->element[3])) {
+        m->quarantined = true;
+        m->found = true;
+        r_text(r->element[3], m->qreason, sizeof(m->qreason));
+    }
+    if (rec == NULL)
+        return;
+    m->found = true;
+    m->rec_len = rec->len;
+    if (decode_check(m->qid, rec->str, rec->len, &m->rec, why, sizeof(why)) != QUEUE_RECORD_OK)
+        m->rec = NULL;
+}
+
+static void msg_items(struct qc_msg *m, const redisReply *r)
+{
+    long long v;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        m->failed = true;
+        return;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        struct queue_consumer_item_state st;
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 11 || !r_str(e->element[0]))
+            continue;
+        memset(&st, 0, sizeof(st));
+        const char *x = e->element[0]->str;
+        size_t xl = e->element[0]->len;
+        const char *slash = memchr(x, '/', xl);
+        if (slash != NULL) {
+            size_t dl = xl - (size_t)(slash - x) - 1;
+            if (dl > CMTP_DOMAIN_MAX)
+                continue;
+            memcpy(st.dest, slash + 1, dl);
+            st.dest[dl] = '\0';
+        }
+        m->found = true;
+        if (r_ll(e->element[10], &v) && v > 0)
+            m->count++;
+        if (r_ll(e->element[2], &v)) {
+            st.state = QUEUE_CONSUMER_LEASED;
+            st.at_ms = v;
+            r_text(e->element[3], st.node, sizeof(st.node));
+            char *hash = strchr(st.node, '#');
+            if (hash)
+                *hash = '\0';
+        } else if (r_ll(e->element[5], &v)) {
+            st.state = QUEUE_CONSUMER_DEAD;
+            st.at_ms = v;
+        } else if (r_ll(e->element[4], &v)) {
+            st.state = QUEUE_CONSUMER_HELD;
+            st.at_ms = v;
+        } else if (r_ll(e->element[1], &v)) {
+            st.state = QUEUE_CONSUMER_SCHEDULED;
+            st.at_ms = v;
+        }
+        st.tries = r_u32(e->element[6]);
+        st.crashes = r_u32(e->element[7]);
+        if (st.state == QUEUE_CONSUMER_DEAD && r_str(e->element[9]))
+            r_text(e->element[9], st.last_error, sizeof(st.last_error));
+        else
+            r_text(e->element[8], st.last_error, sizeof(st.last_error));
+        if (m->n_items == m->cap_items) {
+            size_t cap = m->cap_items ? m->cap_items * 2 : 4;
+            struct queue_consumer_item_state *ni = realloc(m->items, cap * sizeof(*ni));
+            if (ni == NULL) {
+                m->failed = true;
+                return;
+            }
+            m->items = ni;
+            m->cap_items = cap;
+        }
+        m->items[m->n_items++] = st;
+    }
+}
+
+static void msg_finish(struct queue_consumer *c, struct qc_msg *m, int err)
+{
+    job_del(c, &m->j);
+    if (m->mode == QM_SHOW) {
+        struct queue_consumer_show_result res = {
+            .qid = m->qid,
+            .record = m->rec,
+            .record_len = m->rec_len,
+            .quarantined = m->quarantined,
+            .items = m->items,
+            .n_items = m->n_items,
+        };
+        memcpy(res.quarantine_reason, m->qreason, sizeof(res.quarantine_reason));
+        m->cb_show(m->arg, err, err ? NULL : &res);
+    } else if (m->cb_n != NULL) {
+        m->cb_n(m->arg, err, err ? 0 : m->count);
+    }
+    msg_destroy(&m->j);
+}
+
+static void on_msg(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r);
+
+static void msg_advance(struct queue_consumer *c, struct qc_msg *m)
+{
+    if (m->failed) {
+        msg_finish(c, m, -EIO);
+        return;
+    }
+    if (m->stage == 1) {
+        if (!m->found) {
+            msg_finish(c, m, -ENOENT);
+            return;
+        }
+        m->stage = 2;
+        if (m->rec != NULL) {
+            m->dests = dest_list(m->rec, false, &m->nd);
+            if (m->nd == SIZE_MAX) {
+                m->nd = 0;
+                msg_finish(c, m, -ENOMEM);
+                return;
+            }
+            for (unsigned h = 0; h < c->shards; h++) {
+                int rc = qc_items_eval(c, QS_IADMIN, h, mode_names[m->mode], m->qid, m->dests,
+                                       m->nd, on_msg, m, 1);
+                if (rc > 0)
+                    m->pending++;
+                else if (rc < 0)
+                    m->failed = true;
+            }
+            if (m->pending > 0)
+                return;
+            if (m->failed) {
+                msg_finish(c, m, -EIO);
+                return;
+            }
+        }
+    }
+    if (m->stage == 2 && m->mode == QM_DELETE) {
+        size_t n = 1 + m->nd;
+        const char **args = calloc(n, sizeof(*args));
+        m->stage = 3;
+        if (args == NULL) {
+            msg_finish(c, m, -ENOMEM);
+            return;
+        }
+        args[0] = m->qid;
+        for (size_t i = 0; i < m->nd; i++)
+            args[1 + i] = m->dests[i];
+        size_t *lens = calloc(n, sizeof(*lens));
+        int rc = -ENOMEM;
+        if (lens != NULL) {
+            for (size_t i = 0; i < n; i++)
+                lens[i] = strlen(args[i]);
+            rc = qc_eval(c, QS_DELMSG, m->shard, n, args, lens, on_msg, m, 2);
+        }
+        free(args);
+        free(lens);
+        if (rc == 0) {
+            m->pending = 1;
+            return;
+        }
+        msg_finish(c, m, -EIO);
+        return;
+    }
+    msg_finish(c, m, 0);
+}
+
+static void on_msg(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_msg *m = ctx;
+    long long v;
+
+    if (tag == 0)
+        msg_info(m, r);
+    else if (tag == 1)
+        msg_items(m, r);
+    else if (r_ll(r, &v) && v >= 0)
+        m->count += (unsigned)v;
+    else
+        m->failed = true;
+    if (--m->pending == 0)
+        msg_advance(c, m);
+}
+
+static int msg_start(struct queue_consumer *c, const char *qid, enum qc_mode mode,
+                     void (*cb_show)(void *, int, const struct queue_consumer_show_result *),
+                     void (*cb_n)(void *, int, unsigned), void *arg)
+{
+    struct qc_msg *m;
+    unsigned shard;
+    int rc;
+
+    if (c == NULL || qid == NULL || queue_qid_shard(qid, &shard) < 0 || shard >= c->shards ||
+        strchr(qid, '/') != NULL)
+        return -EINVAL;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return -ENOMEM;
+    snprintf(m->qid, sizeof(m->qid), "%s", qid);
+    m->shard = shard;
+    m->mode = mode;
+    m->stage = 1;
+    m->cb_show = cb_show;
+    m->cb_n = cb_n;
+    m->arg = arg;
+    const char *a1[1] = {qid};
+    const char *a2[2] = {mode_names[mode], qid};
+    rc = qc_evals(c, QS_INFO, shard, 1, a1, on_msg, m, 0);
+    if (rc < 0) {
+        free(m);
+        return rc;
+    }
+    m->pending = 1;
+    if (qc_evals(c, QS_IADMIN, shard, 2, a2, on_msg, m, 1) == 0)
+        m->pending++;
+    else
+        m->failed = true;
+    job_add(c, &m->j, msg_destroy);
+    return 0;
+}
+
+int queue_consumer_show(struct queue_consumer *c, const char *qid,
+                        void (*cb)(void *arg, int err, const struct queue_consumer_show_result *r),
+                        void *arg)
+{
+    if (cb == NULL)
+        return -EINVAL;
+    return msg_start(c, qid, QM_SHOW, cb, NULL, arg);
+}
+
+int queue_consumer_delete(struct queue_consumer *c, const char *qid,
+                          void (*cb)(void *arg, int err, unsigned n), void *arg)
+{
+    return msg_start(c, qid, QM_DELETE, NULL, cb, arg);
+}
+
+int queue_consumer_hold(struct queue_consumer *c, const char *qid,
+                        void (*cb)(void *arg, int err, unsigned n), void *arg)
+{
+    return msg_start(c, qid, QM_HOLD, NULL, cb, arg);
+}
+
+int queue_consumer_release(struct queue_consumer *c, const char *qid,
+                           void (*cb)(void *arg, int err, unsigned n), void *arg)
+{
+    return msg_start(c, qid, QM_RELEASE, NULL, cb, arg);
+}
+
+/* ---- admin: bulk (retry all, flush) ---- */
+
+struct qc_bulk {
+    struct qc_job j;
+    unsigned shard, rounds;
+    bool revive;
+    int phase; /* 0: revive the dead, 1: flush */
+    unsigned count;
+    void (*cb)(void *arg, int err, unsigned n);
+    void *arg;
+};
+
+static void on_bulk(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r);
+
+static int bulk_send(struct queue_consumer *c, struct qc_bulk *b)
+{
+    char lim[16];
+    snprintf(lim, sizeof(lim), "%u", QC_BULK_LIMIT);
+    const char *args[2] = {b->phase == 0 ? "revive" : "flush", lim};
+    return qc_evals(c, QS_BULK, b->shard, 2, args, on_bulk, b, 0);
+}
+
+static void on_bulk(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_bulk *b = ctx;
+    long long n;
+    int err = 0;
+    (void)tag;
+
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER || !r_ll(r, &n) || n < 0) {
+        err = -EIO;
+        goto done;
+    }
+    b->count += (unsigned)n;
+    if ((unsigned long long)n >= QC_BULK_LIMIT && ++b->rounds < QC_BULK_ROUNDS) {
+        /* more of the same */
+    } else if (b->phase == 0) {
+        b->phase = 1;
+        b->rounds = 0;
+    } else {
+        b->shard++;
+        b->phase = b->revive ? 0 : 1;
+        b->rounds = 0;
+        if (b->shard >= c->shards)
+            goto done;
+    }
+    if (bulk_send(c, b) == 0)
+        return;
+    err = -EIO;
+done:
+    job_del(c, &b->j);
+    if (b->cb)
+        b->cb(b->arg, err, err ? 0 : b->count);
+    free(b);
+}
+
+static int bulk_start(struct queue_consumer *c, bool revive, void (*cb)(void *, int, unsigned),
+                      void *arg)
+{
+    struct qc_bulk *b;
+    int rc;
+
+    if (c == NULL)
+        return -EINVAL;
+    if (c->state != QUEUE_CONNECTED)
+        return -ENOTCONN;
+    if (c->inflight >= c->inflight_max)
+        return -EAGAIN;
+    b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return -ENOMEM;
+    b->revive = revive;
+    b->phase = revive ? 0 : 1;
+    b->cb = cb;
+    b->arg = arg;
+    rc = bulk_send(c, b);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    job_add(c, &b->j, free_job);
+    return 0;
+}
+
+int queue_consumer_retry(struct queue_consumer *c, const char *qid,
+                         void (*cb)(void *arg, int err, unsigned n), void *arg)
+{
+    if (qid == NULL)
+        return bulk_start(c, true, cb, arg);
+    return msg_start(c, qid, QM_RETRY, NULL, cb, arg);
+}
+
+int queue_consumer_flush(struct queue_consumer *c, void (*cb)(void *arg, int err, unsigned n),
+                         void *arg)
+{
+    return bulk_start(c, false, cb, arg);
+}
+
+/* ---- lifecycle ---- */
+
+static int parse_address(struct queue_consumer *c, const char *addr, char *err, size_t errlen)
+{
+    const char *colon, *host;
+    size_t hl;
+    char *end;
+    unsigned long port;
+    unsigned char bin[sizeof(struct in6_addr)];
+
+    if (addr == NULL || addr[0] == '\0') {
+        snprintf(err, errlen, "redis address missing");
+        return -EINVAL;
+    }
+    if (strncmp(addr, "unix:", 5) == 0) {
+        if (strlen(addr + 5) == 0 || strlen(addr + 5) >= 108) {
+            snprintf(err, errlen, "redis socket path empty or too long");
+            return -EINVAL;
+        }
+        c->is_unix = true;
+        snprintf(c->host, sizeof(c->host), "%s", addr + 5);
+        return 0;
+    }
+    colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr)
+        goto bad;
+    host = addr;
+    hl = (size_t)(colon - addr);
+    if (addr[0] == '[') {
+        if (colon[-1] != ']' || hl < 3)
+            goto bad;
+        host = addr + 1;
+        hl -= 2;
+    } else if (memchr(addr, ':', hl) != NULL) {
+        goto bad;
+    }
+    if (hl >= sizeof(c->host) || hl == 0)
+        goto bad;
+    errno = 0;
+    port = strtoul(colon + 1, &end, 10);
+    if (errno || *end != '\0' || colon[1] == '\0' || port == 0 || port > 65535)
+        goto bad;
+    memcpy(c->host, host, hl);
+    c->host[hl] = '\0';
+    /* hiredis resolves names with a blocking getaddrinfo: address literals only. */
+    if (strcmp(c->host, "localhost") == 0)
+        snprintf(c->host, sizeof(c->host), "127.0.0.1");
+    if (inet_pton(AF_INET, c->host, bin) != 1 && inet_pton(AF_INET6, c->host, bin) != 1)
+        goto bad;
+    c->port = (int)port;
+    c->is_unix = false;
+    return 0;
+bad:
+    snprintf(err, errlen, "bad redis address (want unix:/path, ip:port or [ipv6]:port)");
+    return -EINVAL;
+}
+
+static bool name_ok(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max + 1);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cfg,
+                                          const struct queue_loop *loop, char *err, size_t errlen)
+{
+    struct queue_consumer *c;
+    char dummy[1];
+
+    if (err == NULL || errlen == 0) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    err[0] = '\0';
+    if (cfg == NULL || loop == NULL || loop->ops == NULL) {
+        snprintf(err, errlen, "missing configuration or loop");
+        return NULL;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->loop = *loop;
+    if (parse_address(c, cfg->address, err, errlen) < 0)
+        goto err;
+    const char *prefix = cfg->key_prefix ? cfg->key_prefix : QUEUE_PREFIX_DEFAULT;
+    if (!name_ok(prefix, QUEUE_PREFIX_MAX)) {
+        snprintf(err, errlen, "bad key prefix");
+        goto err;
+    }
+    snprintf(c->prefix, sizeof(c->prefix), "%s", prefix);
+    const char *node = cfg->node_id ? cfg->node_id : "node";
+    if (!name_ok(node, QUEUE_NODE_MAX)) {
+        snprintf(err, errlen, "bad node id (1..%d of [A-Za-z0-9._:-])", QUEUE_NODE_MAX);
+        goto err;
+    }
+    snprintf(c->node, sizeof(c->node), "%s", node);
+    if (cfg->password != NULL && cfg->password[0] != '\0') {
+        c->password = strdup(cfg->password);
+        if (c->password == NULL)
+            goto nomem;
+        if (cfg->username != NULL && cfg->username[0] != '\0') {
+            c->username = strdup(cfg->username);
+            if (c->username == NULL)
+                goto nomem;
+        }
+    }
+    c->shards = cfg->shards ? cfg->shards : QUEUE_SHARDS_DEFAULT;
+    c->inflight_max = cfg->inflight_max ? cfg->inflight_max : QUEUE_INFLIGHT_DEFAULT;
+    c->op_timeout_ms = cfg->op_timeout_ms ? cfg->op_timeout_ms : QUEUE_OP_TIMEOUT_MS_DEFAULT;
+    c->reconnect_min_ms =
+        cfg->reconnect_min_ms ? cfg->reconnect_min_ms : QUEUE_RECONNECT_MIN_MS_DEFAULT;
+    c->reconnect_max_ms =
+        cfg->reconnect_max_ms ? cfg->reconnect_max_ms : QUEUE_RECONNECT_MAX_MS_DEFAULT;
+    c->lease_ms = cfg->lease_ms ? cfg->lease_ms : QUEUE_CONSUMER_LEASE_MS_DEFAULT;
+    c->conc =
+        cfg->concurrency_per_dest ? cfg->concurrency_per_dest : QUEUE_CONSUMER_CONCURRENCY_DEFAULT;
+    c->retry_base_ms =
+        cfg->retry_base_ms ? cfg->retry_base_ms : QUEUE_CONSUMER_RETRY_BASE_MS_DEFAULT;
+    c->retry_max_ms = cfg->retry_max_ms ? cfg->retry_max_ms : QUEUE_CONSUMER_RETRY_MAX_MS_DEFAULT;
+    c->lifetime_ms = cfg->lifetime_ms ? cfg->lifetime_ms : QUEUE_CONSUMER_LIFETIME_MS_DEFAULT;
+    c->crash_max =
+        cfg->attempts_crash_max ? cfg->attempts_crash_max : QUEUE_CONSUMER_CRASH_MAX_DEFAULT;
+    c->batch = cfg->claim_batch ? cfg->claim_batch : QUEUE_CONSUMER_BATCH_DEFAULT;
+    c->event_cb = cfg->event_cb;
+    c->event_arg = cfg->event_arg;
+    if (c->shards > QUEUE_SHARDS_MAX || c->inflight_max < 4 ||
+        c->inflight_max > QUEUE_INFLIGHT_MAX || c->reconnect_min_ms > c->reconnect_max_ms ||
+        c->lease_ms < QUEUE_CONSUMER_LEASE_MS_MIN || c->conc > QUEUE_CONSUMER_CONCURRENCY_MAX ||
+        c->batch > QUEUE_CONSUMER_BATCH_MAX || c->retry_base_ms > c->retry_max_ms ||
+        c->retry_max_ms > c->lifetime_ms || c->lifetime_ms > (uint64_t)INT64_MAX / 4) {
+        snprintf(err, errlen, "consumer limits out of range");
+        goto err;
+    }
+    c->backoff_ms = c->reconnect_min_ms;
+    if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
+        c->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)c;
+    conn_start(c);
+    return c;
+nomem:
+    snprintf(err, errlen, "out of memory");
+err:
+    free(c->password);
+    free(c->username);
+    free(c);
+    return NULL;
+}
+
+void queue_consumer_free(struct queue_consumer *c)
+{
+    if (c == NULL)
+        return;
+    c->freeing = true;
+    if (c->deadline_timer)
+        c->loop.ops->timer_cancel(c->loop.loop, c->deadline_timer);
+    c->deadline_timer = NULL;
+    if (c->reconnect_timer)
+        c->loop.ops->timer_cancel(c->loop.loop, c->reconnect_timer);
+    c->reconnect_timer = NULL;
+    if (c->ac != NULL) {
+        redisAsyncContext *ac = c->ac;
+        c->ac = NULL;
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    while (c->jobs != NULL) {
+        struct qc_job *j = c->jobs;
+        job_del(c, j);
+        j->destroy(j);
+    }
+    if (c->password)
+        explicit_bzero(c->password, strlen(c->password));
+    free(c->password);
+    free(c->username);
+    free(c);
+}
+
+enum queue_conn_state queue_consumer_state(const struct queue_consumer *c, const char **last_error)
+{
+    if (last_error)
+        *last_error = c->last_error;
+    return c->state;
+}
+
+void queue_consumer_get_stats(const struct queue_consumer *c, struct queue_consumer_stats *out)
+{
+    *out = c->st;
+    out->inflight = c->inflight;
+}
