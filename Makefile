@@ -144,6 +144,11 @@ install: all
 	install -D -m 0755 build/cmtpd $(DESTDIR)/usr/sbin/cmtpd
 	install -D -m 0755 build/cmtpctl $(DESTDIR)/usr/sbin/cmtpctl
 	install -D -m 0755 build/cmtp-send $(DESTDIR)/usr/bin/cmtp-send
+	install -D -m 0644 docs/man/cmtpd.8 $(DESTDIR)/usr/share/man/man8/cmtpd.8
+	install -D -m 0644 docs/man/cmtpctl.8 $(DESTDIR)/usr/share/man/man8/cmtpctl.8
+	install -D -m 0644 docs/man/cmtpd.conf.5 $(DESTDIR)/usr/share/man/man5/cmtpd.conf.5
+	install -D -m 0644 etc/cmtpd.service $(DESTDIR)/lib/systemd/system/cmtpd.service
+	install -D -m 0640 etc/cmtpd.conf $(DESTDIR)/etc/cmtpd/cmtpd.conf
 
 clean:
 	rm -rf build
