@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "daemon/cmtpd.h"
+#include "queue/consumer.h"
 
 /* ADMIN_GATHER_TIMEOUT_MS bounds how long a command waits for the workers' answers. */
 #define ADMIN_GATHER_TIMEOUT_MS 2000
@@ -360,11 +361,369 @@ static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen
     return r;
 }
 
+/* ---- queue commands: run on worker 0, against its queue consumer ---------------------------- */
+
+/* QUEUE_SHOW_BODY_MAX caps the body `queue show --body` returns. */
+#define QUEUE_SHOW_BODY_MAX (64 * 1024)
+
+enum qop_kind {
+    QOP_SUMMARY,
+    QOP_LIST,
+    QOP_SHOW,
+    QOP_DELETE,
+    QOP_RETRY,
+    QOP_HOLD,
+    QOP_RELEASE,
+    QOP_FLUSH
+};
+
+/* qslot is what the worker hands back: a JSON object (owned by the slot until taken) or an
+ * error. */
+struct qslot {
+    json_t *result;
+    int err;
+    char msg[128];
+};
+
+static void qslot_free(void *p)
+{
+    struct qslot *q = p;
+    json_decref(q->result);
+    q->result = NULL;
+}
+
+/* qop is one queue command travelling to the worker and back. */
+struct qop {
+    struct cmtpd_worker *w;
+    struct admin_wait *wait;
+    enum qop_kind kind;
+    struct admin_request req;
+    json_t *msg;   /* show: the message object being built */
+    uint8_t *body; /* show --body: the octets read so far */
+    size_t body_len;
+    uint32_t chunk;
+};
+
+static void qop_finish(struct qop *op, json_t *result, int err, const char *msg)
+{
+    struct qslot *slot = admin_wait_slot(op->wait, 0);
+    slot->result = result;
+    slot->err = err;
+    snprintf(slot->msg, sizeof(slot->msg), "%s", msg ? msg : "");
+    admin_wait_done(op->wait, 0);
+    json_decref(op->msg);
+    free(op->body);
+    free(op);
+}
+
+static const char *state_name(enum queue_consumer_state_kind k)
+{
+    static const char *const n[] = {"scheduled", "active", "held", "dead", "quarantined"};
+    return (unsigned)k < sizeof(n) / sizeof(n[0]) ? n[k] : "unknown";
+}
+
+static void q_summary_cb(void *arg, int err, const struct queue_consumer_summary *sm)
+{
+    struct qop *op = arg;
+    if (err < 0) {
+        qop_finish(op, NULL, err, "redis error");
+        return;
+    }
+    json_t *dests = json_array();
+    for (size_t i = 0; i < sm->n_dests; i++) {
+        const struct queue_consumer_dest_summary *e = &sm->dests[i];
+        json_array_append_new(
+            dests,
+            json_pack("{s:s,s:i,s:i,s:i,s:i,s:i,s:I,s:I}", "dest", e->dest[0] ? e->dest : "(new)",
+                      "count", (json_int_t)(e->scheduled + e->leased + e->held + e->dead),
+                      "scheduled", (json_int_t)e->scheduled, "active", (json_int_t)e->leased,
+                      "held", (json_int_t)e->held, "dead", (json_int_t)e->dead, "oldest_ms",
+                      (json_int_t)e->oldest_ms, "next_attempt_ms", (json_int_t)e->next_attempt_ms));
+    }
+    qop_finish(op,
+               json_pack("{s:o,s:I,s:b}", "destinations", dests, "quarantined",
+                         (json_int_t)sm->quarantined, "truncated", sm->truncated),
+               0, NULL);
+}
+
+static void q_list_cb(void *arg, int err, const struct queue_consumer_entry *e, size_t n,
+                      bool truncated)
+{
+    struct qop *op = arg;
+    if (err < 0) {
+        qop_finish(op, NULL, err, "redis error");
+        return;
+    }
+    json_t *msgs = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(msgs, json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", e[i].qid, "dest",
+                                              e[i].dest, "state", state_name(e[i].state), "at_ms",
+                                              (json_int_t)e[i].at_ms, "info", e[i].info));
+    qop_finish(op, json_pack("{s:o,s:b}", "messages", msgs, "truncated", truncated), 0, NULL);
+}
+
+static void q_count_cb(void *arg, int err, unsigned n)
+{
+    struct qop *op = arg;
+    if (err < 0) {
+        qop_finish(op, NULL, err, err == -ENOENT ? "no such message" : "redis error");
+        return;
+    }
+    qop_finish(op, json_pack("{s:i}", "affected", (json_int_t)n), 0, NULL);
+}
+
+static void q_body_cb(void *arg, int err, const uint8_t *data, size_t len);
+
+/* q_show_done attaches the body read so far (base64) and answers. */
+static void q_show_done(struct qop *op, bool truncated)
+{
+    if (op->body != NULL) {
+        static const char b64[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        size_t n = op->body_len, o = 0;
+        char *out = malloc(4 * ((n + 2) / 3) + 1);
+        if (out != NULL) {
+            for (size_t i = 0; i < n; i += 3) {
+                uint32_t v = (uint32_t)op->body[i] << 16;
+                if (i + 1 < n)
+                    v |= (uint32_t)op->body[i + 1] << 8;
+                if (i + 2 < n)
+                    v |= op->body[i + 2];
+                out[o++] = b64[(v >> 18) & 63];
+                out[o++] = b64[(v >> 12) & 63];
+                out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
+                out[o++] = i + 2 < n ? b64[v & 63] : '=';
+            }
+            out[o] = '\0';
+            json_object_set_new(op->msg, "body_base64", json_string(out));
+            json_object_set_new(op->msg, "body_truncated", json_boolean(truncated));
+            free(out);
+        }
+    }
+    json_t *result = json_pack("{s:O}", "message", op->msg);
+    qop_finish(op, result, 0, NULL);
+}
+
+static void q_body_cb(void *arg, int err, const uint8_t *data, size_t len)
+{
+    struct qop *op = arg;
+    if (err < 0) { /* -ENOENT past the last chunk: the body is complete */
+        q_show_done(op, false);
+        return;
+    }
+    size_t take = len;
+    bool truncated = false;
+    if (op->body_len + take > QUEUE_SHOW_BODY_MAX) {
+        take = QUEUE_SHOW_BODY_MAX - op->body_len;
+        truncated = true;
+    }
+    memcpy(op->body + op->body_len, data, take);
+    op->body_len += take;
+    if (truncated || queue_get_body_chunk(op->w->q, op->req.id, ++op->chunk, q_body_cb, op) < 0)
+        q_show_done(op, truncated);
+}
+
+static void q_show_cb(void *arg, int err, const struct queue_consumer_show_result *r)
+{
+    struct qop *op = arg;
+    if (err < 0) {
+        qop_finish(op, NULL, err, err == -ENOENT ? "no such message" : "redis error");
+        return;
+    }
+    json_t *m = json_object(), *items = json_array();
+    json_object_set_new(m, "id", json_string(r->qid));
+    json_object_set_new(m, "quarantined", json_boolean(r->quarantined));
+    if (r->quarantined)
+        json_object_set_new(m, "quarantine_reason", json_string(r->quarantine_reason));
+    if (r->record != NULL) {
+        const struct queue_record *rec = r->record;
+        char from[CMTP_ADDR_MAX + 1], at[32];
+        cmtp_addr_format(&rec->env.from, from, sizeof(from));
+        json_t *rcpts = json_array(), *trace = json_array();
+        for (size_t i = 0; i < rec->n_rcpts; i++) {
+            char a[CMTP_ADDR_MAX + 1];
+            static const char *const st[] = {"pending", "delivered", "failed", "expired"};
+            cmtp_addr_format(&rec->rcpts[i].addr, a, sizeof(a));
+            json_array_append_new(rcpts,
+                                  json_pack("{s:s,s:s,s:s,s:s}", "addr", a, "role",
+                                            cmtp_role_name(rec->rcpts[i].role), "status",
+                                            (unsigned)rec->rcpts[i].status <= QUEUE_RCPT_STATUS_LAST
+                                                ? st[rec->rcpts[i].status]
+                                                : "unknown",
+                                            "next_hop", rec->rcpts[i].next_hop));
+        }
+        for (unsigned i = 0; i < rec->env.trace_count; i++) {
+            char line[1024];
+            if (cmtp_trace_format(&rec->env.trace[i], line, sizeof(line)) > 0)
+                json_array_append_new(trace, json_string(line));
+        }
+        cmtp_time_format(rec->created_ms / 1000, at, sizeof(at));
+        json_object_set_new(m, "from", json_string(from));
+        json_object_set_new(m, "txn", json_string(rec->env.txid));
+        json_object_set_new(m, "size", json_integer((json_int_t)rec->env.size));
+        json_object_set_new(m, "accepted_at", json_string(at));
+        json_object_set_new(m, "node", json_string(rec->node));
+        json_object_set_new(m, "attempts", json_integer(rec->attempts));
+        json_object_set_new(m, "peer", json_string(rec->meta.peer_ip));
+        json_object_set_new(m, "policy",
+                            json_pack("{s:s,s:s,s:i}", "relay",
+                                      cmtp_relay_name(rec->env.policy.relay), "fallback",
+                                      cmtp_fallback_name(rec->env.policy.fallback), "hops",
+                                      (json_int_t)rec->env.policy.hops));
+        json_object_set_new(m, "rcpts", rcpts);
+        json_object_set_new(m, "trace", trace);
+    }
+    for (size_t i = 0; i < r->n_items; i++) {
+        const struct queue_consumer_item_state *it = &r->items[i];
+        json_array_append_new(items,
+                              json_pack("{s:s,s:s,s:I,s:s,s:i,s:i,s:s}", "dest", it->dest, "state",
+                                        state_name(it->state), "at_ms", (json_int_t)it->at_ms,
+                                        "node", it->node, "tries", (json_int_t)it->tries, "crashes",
+                                        (json_int_t)it->crashes, "last_error", it->last_error));
+    }
+    json_object_set_new(m, "state",
+                        json_string(r->n_items       ? state_name(r->items[0].state)
+                                    : r->quarantined ? "quarantined"
+                                                     : "done"));
+    json_object_set_new(m, "items", items);
+    op->msg = m;
+    if (!op->req.body) {
+        q_show_done(op, false);
+        return;
+    }
+    op->body = malloc(QUEUE_SHOW_BODY_MAX);
+    if (op->body == NULL || queue_get_body_chunk(op->w->q, op->req.id, 0, q_body_cb, op) < 0)
+        q_show_done(op, false);
+}
+
+static void qop_on_worker(void *arg)
+{
+    struct qop *op = arg;
+    struct queue_consumer *c = cmtpd_delivery_consumer(op->w);
+    const char *id = op->req.id;
+    int r;
+    if (c == NULL) {
+        qop_finish(op, NULL, -ENOTCONN, "no queue consumer");
+        return;
+    }
+    switch (op->kind) {
+    case QOP_SUMMARY:
+        r = queue_consumer_summary(c, q_summary_cb, op);
+        break;
+    case QOP_LIST: {
+        static const enum queue_consumer_state_kind map[] = {
+            [ADMIN_QSTATE_QUEUED] = QUEUE_CONSUMER_SCHEDULED,
+            [ADMIN_QSTATE_ACTIVE] = QUEUE_CONSUMER_LEASED,
+            [ADMIN_QSTATE_DEFERRED] = QUEUE_CONSUMER_SCHEDULED,
+            [ADMIN_QSTATE_HELD] = QUEUE_CONSUMER_HELD,
+            [ADMIN_QSTATE_DEAD] = QUEUE_CONSUMER_DEAD,
+        };
+        struct queue_consumer_filter f = {
+            .dest = op->req.dest[0] ? op->req.dest : NULL,
+            .state = op->req.state != ADMIN_QSTATE_ANY && op->req.state < ADMIN_QSTATE_COUNT
+                         ? map[op->req.state]
+                         : QUEUE_CONSUMER_SCHEDULED,
+            .limit = op->req.limit,
+        };
+        r = queue_consumer_list(c, &f, q_list_cb, op);
+        break;
+    }
+    case QOP_SHOW:
+        r = queue_consumer_show(c, id, q_show_cb, op);
+        break;
+    case QOP_DELETE:
+        r = queue_consumer_delete(c, id, q_count_cb, op);
+        break;
+    case QOP_RETRY:
+        r = queue_consumer_retry(c, op->req.all ? NULL : id, q_count_cb, op);
+        break;
+    case QOP_HOLD:
+        r = queue_consumer_hold(c, id, q_count_cb, op);
+        break;
+    case QOP_RELEASE:
+        r = queue_consumer_release(c, id, q_count_cb, op);
+        break;
+    case QOP_FLUSH:
+    default:
+        r = queue_consumer_flush(c, q_count_cb, op);
+        break;
+    }
+    if (r < 0)
+        qop_finish(op, NULL, r,
+                   r == -EINVAL     ? "bad queue id"
+                   : r == -ENOTCONN ? "redis not connected"
+                                    : "busy");
+}
+
+/* run_qop sends a queue command to worker 0 and waits for its answer. */
+static int run_qop(struct cmtpd *d, enum qop_kind kind, const struct admin_request *req,
+                   json_t *out, char *err, size_t errlen)
+{
+    struct admin_wait *wait;
+    struct qop *op;
+    if (d->workers[0] == NULL) {
+        snprintf(err, errlen, "no worker");
+        return -ENOTCONN;
+    }
+    wait = admin_wait_new(1, sizeof(struct qslot), qslot_free);
+    op = calloc(1, sizeof(*op));
+    if (wait == NULL || op == NULL) {
+        free(op);
+        admin_wait_release(wait);
+        return -ENOMEM;
+    }
+    *op = (struct qop){.w = d->workers[0], .wait = wait, .kind = kind, .req = *req};
+    if (io_worker_post(d->workers[0]->io, qop_on_worker, op) < 0) {
+        free(op);
+        admin_wait_done(wait, 0);
+        admin_wait_release(wait);
+        snprintf(err, errlen, "worker unavailable");
+        return -ESHUTDOWN;
+    }
+    if (admin_wait_wait_ms(wait, ADMIN_GATHER_TIMEOUT_MS * 2) < 0) {
+        admin_wait_release(wait);
+        snprintf(err, errlen, "the queue did not answer in time");
+        return -ETIMEDOUT;
+    }
+    struct qslot *slot = admin_wait_slot(wait, 0);
+    int r = slot->err;
+    if (r < 0) {
+        snprintf(err, errlen, "%s", slot->msg);
+    } else if (slot->result != NULL) {
+        json_object_update(out, slot->result);
+    }
+    admin_wait_release(wait);
+    return r;
+}
+
+#define QUEUE_OP(name, kind)                                                                       \
+    static int name(void *arg, const struct admin_request *req, json_t *out, char *err,            \
+                    size_t errlen)                                                                 \
+    {                                                                                              \
+        return run_qop(arg, kind, req, out, err, errlen);                                          \
+    }
+QUEUE_OP(op_queue_summary, QOP_SUMMARY)
+QUEUE_OP(op_queue_list, QOP_LIST)
+QUEUE_OP(op_queue_show, QOP_SHOW)
+QUEUE_OP(op_queue_delete, QOP_DELETE)
+QUEUE_OP(op_queue_retry, QOP_RETRY)
+QUEUE_OP(op_queue_hold, QOP_HOLD)
+QUEUE_OP(op_queue_release, QOP_RELEASE)
+QUEUE_OP(op_flush, QOP_FLUSH)
+
 int cmtpd_admin_start(struct cmtpd *d, char *err, size_t errlen)
 {
     static const struct admin_ops ops = {
         .status = op_status,
         .stats = op_stats,
+        .queue_summary = op_queue_summary,
+        .queue_list = op_queue_list,
+        .queue_show = op_queue_show,
+        .queue_delete = op_queue_delete,
+        .queue_retry = op_queue_retry,
+        .queue_hold = op_queue_hold,
+        .queue_release = op_queue_release,
+        .flush = op_flush,
         .drain = op_drain,
         .resume = op_resume,
         .reload = op_reload,

@@ -62,7 +62,38 @@ struct cmtpd_counters {
     _Atomic uint64_t commit_us_sum;
 };
 
+/* cmtpd_delivery_counters are one worker's delivery counters (single writer: the worker; read
+ * with relaxed atomics by the admin side, see cmtpd_delivery_get_stats). Recipients are counted
+ * once per attempt outcome. */
+struct cmtpd_delivery_counters {
+    _Atomic uint64_t attempts;          /* work items (message, destination) attempted */
+    _Atomic uint64_t delivered;         /* recipients accepted downstream */
+    _Atomic uint64_t deferred;          /* recipient attempts that failed temporarily */
+    _Atomic uint64_t bounced;           /* recipients that failed permanently */
+    _Atomic uint64_t relay_refused;     /* of the bounced: refused by the originator's policy */
+    _Atomic uint64_t delivered_maildir; /* of the delivered: into the Maildir */
+    _Atomic uint64_t delivered_lmtp;    /* of the delivered: over LMTP */
+    _Atomic uint64_t delivered_cmtp;    /* of the delivered: over CMTP to a next hop */
+    _Atomic uint64_t connects;          /* outbound connections started */
+    _Atomic uint64_t connect_failed;    /* of those: TCP connect or TLS handshake failed */
+    _Atomic uint64_t body_bytes;        /* body octets handed to a transport */
+    _Atomic uint64_t reports;           /* status reports and DSNs queued to originators */
+    _Atomic uint64_t reports_skipped;   /* report items dropped: about a report (<>) */
+    _Atomic uint64_t lost;              /* completions whose lease had been taken over */
+    _Atomic uint64_t completion_errors; /* completions Redis did not confirm */
+    _Atomic uint64_t inflight;          /* deliveries in progress now (a gauge) */
+};
+
+/* cmtpd_delivery_stats is a plain copy of struct cmtpd_delivery_counters. */
+struct cmtpd_delivery_stats {
+    uint64_t attempts, delivered, deferred, bounced, relay_refused;
+    uint64_t delivered_maildir, delivered_lmtp, delivered_cmtp;
+    uint64_t connects, connect_failed, body_bytes, reports, reports_skipped, lost;
+    uint64_t completion_errors, inflight;
+};
+
 struct cmtpd;
+struct cmtpd_delivery;
 
 /* cmtpd_cfg is one loaded configuration, reference counted: each worker holds a reference to
  * the one it uses, so a reload swaps in a new one while sessions on the old go on. Immutable. */
@@ -91,6 +122,8 @@ struct cmtpd_worker {
     unsigned n_sessions;
     bool draining;
     struct cmtpd_counters ctr;
+    struct cmtpd_delivery *dl;           /* the delivery engine (daemon/delivery.c), or NULL */
+    struct cmtpd_delivery_counters dctr; /* its counters: live as long as the worker */
     /* scratch receives decrypted input while a session's on_data runs (one at a time on a
      * worker), so that only sessions with input left over hold a buffer of their own. */
     uint8_t scratch[CMTPD_RBUF_SIZE];
@@ -137,6 +170,40 @@ void cmtpd_worker_resume(void *w);
 /* cmtpd_worker_set_cfg makes |w| use |cfg| and |tls| for new sessions (references taken) and
  * drops its old ones. Runs on |w|'s thread. */
 void cmtpd_worker_set_cfg(struct cmtpd_worker *w, struct cmtpd_cfg *cfg, struct tls_ctx *tls);
+
+struct queue_consumer;
+
+/* cmtpd_conn_kind is the first member of every io_conn context the daemon creates, so that the
+ * engine's one callback table (session.c) can hand each connection to its owner. */
+enum cmtpd_conn_kind {
+    CMTPD_CONN_CMTP_SERVER = 0, /* an inbound CMTP session (session.c) */
+    CMTPD_CONN_DELIVERY,        /* an outbound delivery connection (delivery.c) */
+};
+
+/* The delivery engine's connection callbacks, called by session.c's table for connections whose
+ * context starts with CMTPD_CONN_DELIVERY (same contracts as struct io_conn_ops). */
+void cmtpd_delivery_on_connect(struct io_conn *c, int res);
+void cmtpd_delivery_on_data(struct io_conn *c, const uint8_t *data, size_t len);
+void cmtpd_delivery_on_send_done(struct io_conn *c, void *cookie, int res);
+void cmtpd_delivery_on_timeout(struct io_conn *c);
+void cmtpd_delivery_on_close(struct io_conn *c, int reason);
+
+/* cmtpd_delivery_start creates |w|'s delivery engine (its queue consumer, the transports) and
+ * starts claiming due messages. Runs on |w|'s thread from worker_init. Returns 0 or -errno with
+ * the reason in |err|. */
+int cmtpd_delivery_start(struct cmtpd_worker *w, char *err, size_t errlen);
+
+/* cmtpd_delivery_stop stops claiming, abandons deliveries in flight (their leases expire and
+ * another node or a restart takes them over) and frees the engine. Runs on |w|'s thread. */
+void cmtpd_delivery_stop(struct cmtpd_worker *w);
+
+/* cmtpd_delivery_get_stats copies |w|'s delivery counters into |out| (relaxed loads). Any
+ * thread, for as long as |w| exists. */
+void cmtpd_delivery_get_stats(const struct cmtpd_worker *w, struct cmtpd_delivery_stats *out);
+
+/* cmtpd_delivery_consumer returns |w|'s queue consumer (for the admin queue commands, called on
+ * |w|'s thread), or NULL. */
+struct queue_consumer *cmtpd_delivery_consumer(struct cmtpd_worker *w);
 
 /* cmtpd_conn_ops returns the engine callbacks that run CMTP sessions for |d|. */
 const struct io_conn_ops *cmtpd_conn_ops(void);

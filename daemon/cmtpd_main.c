@@ -154,6 +154,24 @@ static struct cmtpd_cfg *load_config(const char *path, char *err, size_t errlen)
         cmtpd_cfg_unref(g);
         return NULL;
     }
+    /* The admin socket and the Maildir default to places under state_dir, wherever it is. */
+    struct cmtp_config *c = &g->c;
+    if (strcmp(c->admin.socket, CMTP_CONFIG_ADMIN_SOCKET_DEFAULT) == 0 &&
+        strcmp(c->server.state_dir, CMTP_CONFIG_STATE_DIR_DEFAULT) != 0) {
+        int n = snprintf(c->admin.socket, sizeof(c->admin.socket), "%s/cmtpd.sock",
+                         c->server.state_dir);
+        if (n < 0 || (size_t)n >= sizeof(c->admin.socket)) {
+            snprintf(err, errlen,
+                     "[server] state_dir is too long for the admin socket path; "
+                     "set [admin] socket");
+            cmtpd_cfg_unref(g);
+            return NULL;
+        }
+    }
+    if (strcmp(c->delivery.maildir, CMTP_CONFIG_MAILDIR_DEFAULT) == 0 &&
+        strcmp(c->server.state_dir, CMTP_CONFIG_STATE_DIR_DEFAULT) != 0)
+        snprintf(c->delivery.maildir, sizeof(c->delivery.maildir), "%.*s/maildir",
+                 (int)(sizeof(c->delivery.maildir) - 9), c->server.state_dir);
     return g;
 }
 

@@ -25,6 +25,7 @@ enum sess_phase {
 /* cmtpd_sess is one connection's state. Owns its TLS connection, its server state machine, its
  * input buffer (only while input waits) and its open queue transaction. */
 struct cmtpd_sess {
+    enum cmtpd_conn_kind kind; /* CMTPD_CONN_CMTP_SERVER; first, see cmtpd.h */
     struct cmtpd_worker *w;
     struct io_conn *c;
     struct tls_conn *tls;
@@ -182,9 +183,14 @@ static void sess_rcpt_answer(struct cmtpd_sess *s, const struct cmtp_addr *rcpt)
 {
     const struct cmtp_config *cfg = &s->w->cfg->c;
     const struct cmtp_config_relay_domain *rd = cmtp_config_relay_for(cfg, rcpt->domain);
-    if (rd != NULL)
-        cmtp_server_rcpt_reply(s->srv, CMTP_SRV_ANSWER_RELAY, rd->nexthop.host);
-    else if (cmtp_config_domain_is_local(cfg, rcpt->domain))
+    if (rd != NULL) {
+        /* next= names the certificate this server will verify when it carries the message on
+         * (PROTOCOL.md 7.2): the next hop's host name, or the recipient's domain when the route
+         * is an IP address (or a name that is not a domain, such as localhost). */
+        if (rd->nexthop.kind != CMTP_CONFIG_HOST_NAME ||
+            cmtp_server_rcpt_reply(s->srv, CMTP_SRV_ANSWER_RELAY, rd->nexthop.host) < 0)
+            cmtp_server_rcpt_reply(s->srv, CMTP_SRV_ANSWER_RELAY, rcpt->domain);
+    } else if (cmtp_config_domain_is_local(cfg, rcpt->domain))
         cmtp_server_rcpt_reply(s->srv, CMTP_SRV_ANSWER_FINAL, NULL);
     else
         cmtp_server_rcpt_reply(s->srv, CMTP_SRV_ANSWER_NO_MAILBOX, NULL);
@@ -605,8 +611,19 @@ static void sess_handshake_done(struct cmtpd_sess *s)
     cmtp_server_start(s->srv);
 }
 
+/* is_delivery reports whether |c| belongs to the delivery engine (context kind first). */
+static bool is_delivery(struct io_conn *c)
+{
+    const enum cmtpd_conn_kind *k = io_conn_ctx(c);
+    return k != NULL && *k == CMTPD_CONN_DELIVERY;
+}
+
 static void on_data(struct io_conn *c, const uint8_t *data, size_t len)
 {
+    if (is_delivery(c)) {
+        cmtpd_delivery_on_data(c, data, len);
+        return;
+    }
     struct cmtpd_sess *s = io_conn_ctx(c);
     enum tls_result r;
     if (s->closed || s->phase == SESS_CLOSING)
@@ -640,6 +657,10 @@ static void on_data(struct io_conn *c, const uint8_t *data, size_t len)
 
 static void on_send_done(struct io_conn *c, void *cookie, int res)
 {
+    if (is_delivery(c)) {
+        cmtpd_delivery_on_send_done(c, cookie, res);
+        return;
+    }
     struct cmtpd_sess *s = io_conn_ctx(c);
     (void)cookie;
     s->send_inflight = false;
@@ -657,6 +678,10 @@ static void on_send_done(struct io_conn *c, void *cookie, int res)
 
 static void on_timeout(struct io_conn *c)
 {
+    if (is_delivery(c)) {
+        cmtpd_delivery_on_timeout(c);
+        return;
+    }
     struct cmtpd_sess *s = io_conn_ctx(c);
     atomic_fetch_add_explicit(&s->w->ctr.timeouts, 1, memory_order_relaxed);
     CMTP_LOG(sess_log(s), CMTP_LOG_DEBUG, "timeout", cmtp_log_str("peer", s->meta.peer_ip),
@@ -671,6 +696,10 @@ static void on_timeout(struct io_conn *c)
 
 static void on_close(struct io_conn *c, int reason)
 {
+    if (is_delivery(c)) {
+        cmtpd_delivery_on_close(c, reason);
+        return;
+    }
     struct cmtpd_sess *s = io_conn_ctx(c);
     (void)reason;
     if (s == NULL)
@@ -789,6 +818,14 @@ static void *worker_init(struct io_worker *io, void *engine_arg)
         free(w);
         return NULL;
     }
+    if (cmtpd_delivery_start(w, err, sizeof(err)) < 0) {
+        CMTP_LOG(&d->log, CMTP_LOG_ERROR, "delivery-setup-failed", cmtp_log_uint("worker", w->id),
+                 cmtp_log_str("reason", err));
+        queue_free(w->q);
+        cmtpd_worker_set_cfg(w, NULL, NULL);
+        free(w);
+        return NULL;
+    }
     if (w->id < sizeof(d->workers) / sizeof(d->workers[0]))
         d->workers[w->id] = w;
     atomic_fetch_add(&d->workers_ready, 1);
@@ -801,6 +838,7 @@ static void worker_fini(struct io_worker *io, void *ctx)
     (void)io;
     if (w == NULL)
         return;
+    cmtpd_delivery_stop(w);
     queue_free(w->q);
     cmtpd_worker_set_cfg(w, NULL, NULL);
     free(w);
@@ -814,6 +852,7 @@ static const struct io_conn_ops conn_ops = {
     .on_send_done = on_send_done,
     .on_timeout = on_timeout,
     .on_close = on_close,
+    .on_connect = cmtpd_delivery_on_connect, /* only the delivery engine connects out */
 };
 
 const struct io_conn_ops *cmtpd_conn_ops(void)

@@ -286,9 +286,9 @@ void *io_conn_ctx(const struct io_conn *c);
 /* io_conn_worker returns the worker that owns |c|. */
 struct io_worker *io_conn_worker(const struct io_conn *c);
 
-/* io_conn_peer returns the peer's address of |c| (family AF_INET or AF_INET6; AF_UNSPEC when the
- * kernel could not tell, e.g. the peer already reset). The storage belongs to the engine and
- * stays valid until on_close(|c|) returns. */
+/* io_conn_peer returns the peer's address of |c| (family AF_INET, AF_INET6 or, for io_connect to a
+ * Unix socket, AF_UNIX; AF_UNSPEC when the kernel could not tell, e.g. the peer already reset). The
+ * storage belongs to the engine and stays valid until on_close(|c|) returns. */
 const struct sockaddr_storage *io_conn_peer(struct io_conn *c);
 
 /* io_conn_fd returns |c|'s socket, for setsockopt/getsockopt only: reading, writing or closing it

@@ -5,6 +5,8 @@
 
 #include <limits.h>
 #include <netinet/in.h>
+#include <stddef.h>
+#include <sys/un.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -542,6 +544,10 @@ int io_connect(struct io_worker *w, struct io_conn **out, const struct sockaddr 
             return -EINVAL;
     } else if (sa->sa_family == AF_INET6) {
         if (len < sizeof(struct sockaddr_in6))
+            return -EINVAL;
+    } else if (sa->sa_family == AF_UNIX) {
+        /* Local stream sockets (an LMTP store on a Unix socket). */
+        if (len <= offsetof(struct sockaddr_un, sun_path))
             return -EINVAL;
     } else {
         return -EAFNOSUPPORT;

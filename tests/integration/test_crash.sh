@@ -18,6 +18,9 @@ cert = $T/tls/server.crt
 key = $T/tls/server.key
 [redis]
 address = unix:$T/r.sock
+[delivery]
+# No delivery route: acknowledged messages stay in Redis, where the oracle looks for them.
+mode = cmtp
 CONF
 start_cmtpd() {
   "$B/cmtpd" -c "$T/cmtpd.conf" 2>>"$T/cmtpd.log" &
