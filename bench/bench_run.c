@@ -981,7 +981,10 @@ static void cmtp_plain(struct slot *s, const uint8_t *p, size_t n)
             else
                 msg_done(s, false, false,
                          ev.outcome == CMTP_CLI_TEMPFAIL ? BENCH_ERR_TEMP : BENCH_ERR_PERM, why);
-            if (s->c != NULL && s->st == S_TXN)
+            /* A 421 (server shutting down) ends the session too: the CLOSED event that follows
+             * reports it; do not begin another transaction on it. */
+            if (s->c != NULL && s->st == S_TXN &&
+                cmtp_client_state(s->cli) != CMTP_CLI_STATE_CLOSED)
                 slot_next(s);
             break;
         case CMTP_CLI_CLOSED:

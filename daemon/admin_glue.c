@@ -74,6 +74,13 @@ static struct admin_wait *gather(struct cmtpd *d, char *err, size_t errlen)
     return wait;
 }
 
+static uint64_t ts_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static const char *qstate_name(enum queue_conn_state s)
 {
     return s == QUEUE_CONNECTED ? "connected" : s == QUEUE_CONNECTING ? "connecting" : "down";
@@ -262,103 +269,6 @@ static void gauge(struct admin_metrics *m, const char *name, const char *help, d
 {
     admin_metrics_family(m, name, ADMIN_METRIC_GAUGE, help);
     admin_metrics_value(m, NULL, 0, v);
-}
-
-static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen)
-{
-    struct cmtpd *d = arg;
-    struct admin_metrics m;
-    struct io_worker_stats io = {0};
-    struct admin_wait *wait = gather(d, err, errlen);
-    if (wait == NULL)
-        return -ETIMEDOUT;
-    for (unsigned i = 0; i < d->n_workers; i++) {
-        struct io_worker_stats w;
-        if (d->workers[i] == NULL)
-            continue;
-        io_worker_stats(d->workers[i]->io, &w);
-        io.accepted += w.accepted;
-        io.refused += w.refused + w.rejected;
-        io.conns += w.conns;
-        io.bytes_in += w.bytes_in;
-        io.bytes_out += w.bytes_out;
-    }
-    admin_metrics_init(&m, buf);
-    gauge(&m, "cmtp_up", "1 while cmtpd runs.", 1);
-    gauge(&m, "cmtp_workers", "Worker threads.", d->n_workers);
-    gauge(&m, "cmtp_connections", "Open connections.", (double)io.conns);
-    counter(&m, "cmtp_connections_accepted_total", "Connections accepted.", io.accepted);
-    admin_metrics_family(&m, "cmtp_connections_refused_total", ADMIN_METRIC_COUNTER,
-                         "Connections refused before TLS, by reason.");
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "conn_max"}}, 1, io.refused);
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "per_ip"}}, 1,
-                         SUM_CTR(d, ip_refused));
-    counter(&m, "cmtp_handshakes_total", "TLS handshakes completed.", SUM_CTR(d, handshakes));
-    counter(&m, "cmtp_handshakes_resumed_total", "Of the handshakes, resumed from a ticket.",
-            SUM_CTR(d, resumed));
-    admin_metrics_family(&m, "cmtp_handshake_failures_total", ADMIN_METRIC_COUNTER,
-                         "TLS handshakes that failed, by reason.");
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "refused"}}, 1,
-                         SUM_CTR(d, handshakes_failed));
-    counter(&m, "cmtp_timeouts_total", "Connections closed by a deadline.", SUM_CTR(d, timeouts));
-    admin_metrics_family(&m, "cmtp_messages_total", ADMIN_METRIC_COUNTER,
-                         "Messages by outcome at END.");
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "accepted"}}, 1,
-                         SUM_CTR(d, accepted));
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "duplicate"}}, 1, SUM_CTR(d, dups));
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "deferred"}}, 1,
-                         SUM_CTR(d, tempfails));
-    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "refused"}}, 1,
-                         SUM_CTR(d, refused));
-    counter(&m, "cmtp_body_bytes_total", "Message body octets received.", SUM_CTR(d, body_bytes));
-    counter(&m, "cmtp_network_received_bytes_total", "Octets received (TLS records).", io.bytes_in);
-    counter(&m, "cmtp_network_sent_bytes_total", "Octets sent (TLS records).", io.bytes_out);
-    /* Redis, from the workers' own snapshots. */
-    uint64_t cmds = 0, errs = 0, lat_sum = 0, lat_max = 0, up = 0, inflight = 0;
-    for (unsigned i = 0; i < d->n_workers; i++) {
-        const struct wsnap *w = admin_wait_slot(wait, i);
-        cmds += w->qs.cmds_sent;
-        errs += w->qs.errors;
-        lat_sum += w->qs.latency_us_sum;
-        lat_max = w->qs.latency_us_max > lat_max ? w->qs.latency_us_max : lat_max;
-        up += w->qstate == QUEUE_CONNECTED;
-        inflight += w->qs.inflight;
-    }
-    admin_wait_release(wait);
-    gauge(&m, "cmtp_redis_connected_workers", "Workers connected to Redis.", (double)up);
-    counter(&m, "cmtp_redis_commands_total", "Redis commands sent.", cmds);
-    counter(&m, "cmtp_redis_errors_total", "Redis error replies.", errs);
-    gauge(&m, "cmtp_redis_inflight", "Redis commands outstanding.", (double)inflight);
-    admin_metrics_family(&m, "cmtp_redis_latency_seconds_sum", ADMIN_METRIC_COUNTER,
-                         "Sum of Redis command latencies.");
-    admin_metrics_value(&m, NULL, 0, (double)lat_sum / 1e6);
-    gauge(&m, "cmtp_redis_latency_max_seconds", "Largest Redis command latency seen.",
-          (double)lat_max / 1e6);
-    /* END to durable answer. */
-    static const double bounds_ms[CMTPD_COMMIT_BUCKETS] = CMTPD_COMMIT_BOUNDS_MS;
-    double le[CMTPD_COMMIT_BUCKETS];
-    uint64_t counts[CMTPD_COMMIT_BUCKETS + 1] = {0};
-    double sum = 0;
-    for (size_t b = 0; b < CMTPD_COMMIT_BUCKETS; b++)
-        le[b] = bounds_ms[b] / 1000.0;
-    for (unsigned i = 0; i < d->n_workers; i++) {
-        if (d->workers[i] == NULL)
-            continue;
-        for (size_t b = 0; b <= CMTPD_COMMIT_BUCKETS; b++)
-            counts[b] += ld(&d->workers[i]->ctr.commit_ms[b]);
-        sum += (double)ld(&d->workers[i]->ctr.commit_us_sum) / 1e6;
-    }
-    admin_metrics_family(&m, "cmtp_commit_duration_seconds", ADMIN_METRIC_HISTOGRAM,
-                         "From END to the durable answer (Redis commit, WAIT).");
-    admin_metrics_histogram(&m, NULL, 0, le, CMTPD_COMMIT_BUCKETS, counts, sum);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gauge(&m, "cmtp_uptime_seconds", "Seconds since cmtpd started.",
-          (double)((uint64_t)ts.tv_sec * 1000u - d->started_ms) / 1000.0);
-    int r = admin_metrics_finish(&m);
-    if (r < 0)
-        snprintf(err, errlen, "metrics: %s", strerror(-r));
-    return r;
 }
 
 /* ---- queue commands: run on worker 0, against its queue consumer ---------------------------- */
@@ -710,6 +620,165 @@ QUEUE_OP(op_queue_retry, QOP_RETRY)
 QUEUE_OP(op_queue_hold, QOP_HOLD)
 QUEUE_OP(op_queue_release, QOP_RELEASE)
 QUEUE_OP(op_flush, QOP_FLUSH)
+
+static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen)
+{
+    struct cmtpd *d = arg;
+    struct admin_metrics m;
+    struct io_worker_stats io = {0};
+    struct admin_wait *wait = gather(d, err, errlen);
+    if (wait == NULL)
+        return -ETIMEDOUT;
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        struct io_worker_stats w;
+        if (d->workers[i] == NULL)
+            continue;
+        io_worker_stats(d->workers[i]->io, &w);
+        io.accepted += w.accepted;
+        io.refused += w.refused + w.rejected;
+        io.conns += w.conns;
+        io.bytes_in += w.bytes_in;
+        io.bytes_out += w.bytes_out;
+    }
+    admin_metrics_init(&m, buf);
+    gauge(&m, "cmtp_up", "1 while cmtpd runs.", 1);
+    gauge(&m, "cmtp_workers", "Worker threads.", d->n_workers);
+    gauge(&m, "cmtp_connections", "Open connections.", (double)io.conns);
+    counter(&m, "cmtp_connections_accepted_total", "Connections accepted.", io.accepted);
+    admin_metrics_family(&m, "cmtp_connections_refused_total", ADMIN_METRIC_COUNTER,
+                         "Connections refused before TLS, by reason.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "conn_max"}}, 1, io.refused);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "per_ip"}}, 1,
+                         SUM_CTR(d, ip_refused));
+    counter(&m, "cmtp_handshakes_total", "TLS handshakes completed.", SUM_CTR(d, handshakes));
+    counter(&m, "cmtp_handshakes_resumed_total", "Of the handshakes, resumed from a ticket.",
+            SUM_CTR(d, resumed));
+    admin_metrics_family(&m, "cmtp_handshake_failures_total", ADMIN_METRIC_COUNTER,
+                         "TLS handshakes that failed, by reason.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"reason", "refused"}}, 1,
+                         SUM_CTR(d, handshakes_failed));
+    counter(&m, "cmtp_timeouts_total", "Connections closed by a deadline.", SUM_CTR(d, timeouts));
+    admin_metrics_family(&m, "cmtp_messages_total", ADMIN_METRIC_COUNTER,
+                         "Messages by outcome at END.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "accepted"}}, 1,
+                         SUM_CTR(d, accepted));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "duplicate"}}, 1, SUM_CTR(d, dups));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "deferred"}}, 1,
+                         SUM_CTR(d, tempfails));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "refused"}}, 1,
+                         SUM_CTR(d, refused));
+    counter(&m, "cmtp_body_bytes_total", "Message body octets received.", SUM_CTR(d, body_bytes));
+    counter(&m, "cmtp_network_received_bytes_total", "Octets received (TLS records).", io.bytes_in);
+    counter(&m, "cmtp_network_sent_bytes_total", "Octets sent (TLS records).", io.bytes_out);
+    /* Redis, from the workers' own snapshots. */
+    uint64_t cmds = 0, errs = 0, lat_sum = 0, lat_max = 0, up = 0, inflight = 0;
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        const struct wsnap *w = admin_wait_slot(wait, i);
+        cmds += w->qs.cmds_sent;
+        errs += w->qs.errors;
+        lat_sum += w->qs.latency_us_sum;
+        lat_max = w->qs.latency_us_max > lat_max ? w->qs.latency_us_max : lat_max;
+        up += w->qstate == QUEUE_CONNECTED;
+        inflight += w->qs.inflight;
+    }
+    admin_wait_release(wait);
+    struct cmtpd_delivery_stats ds = {0};
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        struct cmtpd_delivery_stats w;
+        if (d->workers[i] == NULL)
+            continue;
+        cmtpd_delivery_get_stats(d->workers[i], &w);
+        ds.attempts += w.attempts;
+        ds.delivered += w.delivered;
+        ds.deferred += w.deferred;
+        ds.bounced += w.bounced;
+        ds.relay_refused += w.relay_refused;
+        ds.delivered_maildir += w.delivered_maildir;
+        ds.delivered_lmtp += w.delivered_lmtp;
+        ds.delivered_cmtp += w.delivered_cmtp;
+        ds.reports += w.reports;
+        ds.inflight += w.inflight;
+    }
+    admin_metrics_family(&m, "cmtp_deliveries_total", ADMIN_METRIC_COUNTER,
+                         "Recipient deliveries by outcome.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "delivered"}}, 1, ds.delivered);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "deferred"}}, 1, ds.deferred);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "bounced"}}, 1, ds.bounced);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "relay_refused"}}, 1,
+                         ds.relay_refused);
+    admin_metrics_family(&m, "cmtp_delivered_total", ADMIN_METRIC_COUNTER,
+                         "Recipients delivered, by transport.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"transport", "maildir"}}, 1,
+                         ds.delivered_maildir);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"transport", "lmtp"}}, 1, ds.delivered_lmtp);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"transport", "cmtp"}}, 1, ds.delivered_cmtp);
+    counter(&m, "cmtp_reports_total", "Status reports sent to originators.", ds.reports);
+    gauge(&m, "cmtp_deliveries_inflight", "Deliveries in progress.", (double)ds.inflight);
+    /* Queue depth and age, from the queue itself (worker 0's consumer). */
+    json_t *qs = json_object();
+    char qerr[128] = "";
+    if (run_qop(d, QOP_SUMMARY, &(struct admin_request){0}, qs, qerr, sizeof(qerr)) == 0) {
+        json_t *dests = json_object_get(qs, "destinations"), *e;
+        size_t i;
+        double now = (double)ts_ms() / 1000.0;
+        admin_metrics_family(&m, "cmtp_queue_depth", ADMIN_METRIC_GAUGE,
+                             "Queued work items by state (all nodes).");
+        uint64_t st[4] = {0};
+        double oldest = 0;
+        json_array_foreach(dests, i, e)
+        {
+            st[0] += (uint64_t)json_integer_value(json_object_get(e, "scheduled"));
+            st[1] += (uint64_t)json_integer_value(json_object_get(e, "active"));
+            st[2] += (uint64_t)json_integer_value(json_object_get(e, "held"));
+            st[3] += (uint64_t)json_integer_value(json_object_get(e, "dead"));
+            double o = (double)json_integer_value(json_object_get(e, "oldest_ms")) / 1000.0;
+            if (o > 0 && (oldest == 0 || o < oldest))
+                oldest = o;
+        }
+        static const char *const names[4] = {"scheduled", "active", "held", "dead"};
+        for (size_t k = 0; k < 4; k++)
+            admin_metrics_uvalue(&m, (struct admin_label[]){{"state", names[k]}}, 1, st[k]);
+        gauge(&m, "cmtp_queue_oldest_seconds", "Age of the oldest queued message (0: none).",
+              oldest > 0 && now > oldest ? now - oldest : 0);
+        counter(&m, "cmtp_queue_quarantined_total", "Records quarantined as corrupt.",
+                (uint64_t)json_integer_value(json_object_get(qs, "quarantined")));
+    }
+    json_decref(qs);
+    gauge(&m, "cmtp_redis_connected_workers", "Workers connected to Redis.", (double)up);
+    counter(&m, "cmtp_redis_commands_total", "Redis commands sent.", cmds);
+    counter(&m, "cmtp_redis_errors_total", "Redis error replies.", errs);
+    gauge(&m, "cmtp_redis_inflight", "Redis commands outstanding.", (double)inflight);
+    admin_metrics_family(&m, "cmtp_redis_latency_seconds_sum", ADMIN_METRIC_COUNTER,
+                         "Sum of Redis command latencies.");
+    admin_metrics_value(&m, NULL, 0, (double)lat_sum / 1e6);
+    gauge(&m, "cmtp_redis_latency_max_seconds", "Largest Redis command latency seen.",
+          (double)lat_max / 1e6);
+    /* END to durable answer. */
+    static const double bounds_ms[CMTPD_COMMIT_BUCKETS] = CMTPD_COMMIT_BOUNDS_MS;
+    double le[CMTPD_COMMIT_BUCKETS];
+    uint64_t counts[CMTPD_COMMIT_BUCKETS + 1] = {0};
+    double sum = 0;
+    for (size_t b = 0; b < CMTPD_COMMIT_BUCKETS; b++)
+        le[b] = bounds_ms[b] / 1000.0;
+    for (unsigned i = 0; i < d->n_workers; i++) {
+        if (d->workers[i] == NULL)
+            continue;
+        for (size_t b = 0; b <= CMTPD_COMMIT_BUCKETS; b++)
+            counts[b] += ld(&d->workers[i]->ctr.commit_ms[b]);
+        sum += (double)ld(&d->workers[i]->ctr.commit_us_sum) / 1e6;
+    }
+    admin_metrics_family(&m, "cmtp_commit_duration_seconds", ADMIN_METRIC_HISTOGRAM,
+                         "From END to the durable answer (Redis commit, WAIT).");
+    admin_metrics_histogram(&m, NULL, 0, le, CMTPD_COMMIT_BUCKETS, counts, sum);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gauge(&m, "cmtp_uptime_seconds", "Seconds since cmtpd started.",
+          (double)((uint64_t)ts.tv_sec * 1000u - d->started_ms) / 1000.0);
+    int r = admin_metrics_finish(&m);
+    if (r < 0)
+        snprintf(err, errlen, "metrics: %s", strerror(-r));
+    return r;
+}
 
 int cmtpd_admin_start(struct cmtpd *d, char *err, size_t errlen)
 {
