@@ -21,83 +21,29 @@ cert = $T/tls/server.crt
 key = $T/tls/server.key
 [redis]
 address = unix:$T/r.sock
+[admin]
+socket = $T/cmtpd.sock
 [timeouts]
 idle = 20s
 CONF
-# SMTP + STARTTLS against a private Postfix instance (own config, queue and port; delivery to
-# discard:). Needs root (Postfix's master drops to the postfix user) and Debian's postfix.
-# Its start (several seconds of postfix-script checks) runs in the background meanwhile.
+# SMTP + STARTTLS against a private Postfix instance (bench/postfix.sh: own config, queue and
+# port; delivery to discard:). Needs root (Postfix's master drops to the postfix user) and
+# Debian's postfix. Its start (several seconds of postfix-script checks) runs in the background
+# meanwhile.
+source "$TOP/bench/postfix.sh"
 PF=$T/pf
 SMTP_OK=
-if [ "$(id -u)" -eq 0 ] && [ -x /usr/sbin/postfix ] && id postfix >/dev/null 2>&1; then
+if pf_available; then
   SMTP_OK=1
   SPORT=$(free_port)
-  chmod 711 "$T" # Postfix's daemons run as postfix and must reach $PF
-  mkdir -p "$PF/conf" "$PF/queue" "$PF/data"
-  chown postfix "$PF/data"
-  cp "$T/tls/server.crt" "$T/tls/server.key" "$PF/"
-  chmod 644 "$PF/server.key"
-  cat >"$PF/conf/main.cf" <<CONF
-compatibility_level = 3.6
-queue_directory = $PF/queue
-data_directory = $PF/data
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = pf.bench.example
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = bench.example
-default_transport = discard
-relay_transport = discard
-local_transport = discard
-alias_maps =
-alias_database =
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_tls_security_level = may
-smtpd_tls_chain_files = $PF/server.key, $PF/server.crt
-smtpd_tls_protocols = >=TLSv1.3
-maillog_file = $PF/maillog
-maillog_file_prefixes = $PF
-biff = no
-CONF
-  cat >"$PF/conf/master.cf" <<CONF
-127.0.0.1:$SPORT inet n - n - 20 smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-CONF
-  /usr/sbin/postfix -c "$PF/conf" start >"$T/postfix.out" 2>&1 &
-  PF_START=$!
+  pf_setup "$PF" "$SPORT" "$T/tls/server.crt" "$T/tls/server.key" 20 && pf_start "$PF"
 fi
-# pf_stop stops the private master by its pid (its children follow), then the usual cleanup.
-pf_stop() {
-  local m
-  m=$(tr -d ' ' <"$PF/queue/pid/master.pid" 2>/dev/null)
-  if [ -n "$m" ]; then
-    kill "$m" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done
-  fi
+# stop_all stops the private master by its pid (its children follow), then the usual cleanup.
+stop_all() {
+  [ -z "$SMTP_OK" ] || pf_stop "$PF"
   cleanup
 }
-trap pf_stop EXIT
+trap stop_all EXIT
 
 "$B/cmtpd" -c "$T/cmtpd.conf" 2>"$T/cmtpd.log" &
 CMTPD=$!
@@ -254,9 +200,8 @@ grep -q 'ERROR: AddressSanitizer\|runtime error' "$T/cmtpd.log" "$T"/*.err && ba
 
 # SMTP + STARTTLS against the private Postfix started above.
 if [ -n "$SMTP_OK" ]; then
-  wait "$PF_START"
-  MASTER=$(cat "$PF/queue/pid/master.pid" 2>/dev/null | tr -d ' ')
-  if [ -n "$MASTER" ] && wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $SPORT), 1)"; then
+  if pf_wait "$PF" "$SPORT"; then
+    MASTER=$PF_MASTER
     ok "private postfix listens on $SPORT"
     sbench() {
       local name=$1; shift
@@ -275,7 +220,7 @@ if [ -n "$SMTP_OK" ]; then
       "smtp per-conn 64k: a handshake per message" \
       'j["msgs"] > 0 and abs(j["handshakes"] - j["msgs"]) <= 2'
   else
-    bad "private postfix did not start: $(tail -n 3 "$PF/maillog" 2>/dev/null | tr '\n' ' ')"
+    bad "private postfix did not start: $(pf_log_tail "$PF")"
   fi
 else
   echo "skip SMTP checks: needs root and /usr/sbin/postfix"
