@@ -2,6 +2,7 @@
  * worker's loop, the claim/adopt/complete scripts, body reads, reports and admin operations.
  * Not the ingest side (queue.c) and not a transport: it never talks to a destination. */
 #include "queue/consumer.h"
+#include "queue/redis_adapter.h"
 
 #include <errno.h>
 #include <hiredis/async.h>
@@ -498,15 +499,6 @@ struct queue_consumer_lease {
     bool abandoned; /* freed by the caller during a renewal: the renewal frees it */
 };
 
-/* qev adapts one hiredis context to the queue_loop (the five ev hooks). */
-struct qev {
-    struct queue_consumer *c;
-    redisAsyncContext *ac;
-    void *watch;
-    bool reading, writing;
-    bool *dead;
-};
-
 /* ---- small helpers ---- */
 
 static int64_t wall_ms(void)
@@ -682,97 +674,6 @@ static bool split_item(const struct queue_consumer *c, const char *s, size_t len
     if (queue_qid_shard(qid, shard_msg) < 0 || *shard_msg >= c->shards)
         return false;
     return true;
-}
-
-/* ---- the event-loop adapter ---- */
-
-static void qev_update(struct qev *e)
-{
-    e->c->loop.ops->watch_set(e->watch, e->reading, e->writing);
-}
-
-static void qev_add_read(void *p)
-{
-    struct qev *e = p;
-    if (!e->reading) {
-        e->reading = true;
-        qev_update(e);
-    }
-}
-
-static void qev_del_read(void *p)
-{
-    struct qev *e = p;
-    if (e->reading) {
-        e->reading = false;
-        qev_update(e);
-    }
-}
-
-static void qev_add_write(void *p)
-{
-    struct qev *e = p;
-    if (!e->writing) {
-        e->writing = true;
-        qev_update(e);
-    }
-}
-
-static void qev_del_write(void *p)
-{
-    struct qev *e = p;
-    if (e->writing) {
-        e->writing = false;
-        qev_update(e);
-    }
-}
-
-static void qev_cleanup(void *p)
-{
-    struct qev *e = p;
-    e->c->loop.ops->watch_free(e->watch);
-    if (e->dead)
-        *e->dead = true;
-    free(e);
-}
-
-static void qev_event(void *arg, unsigned events)
-{
-    struct qev *e = arg;
-    redisAsyncContext *ac = e->ac;
-    bool dead = false;
-
-    e->dead = &dead;
-    if (events & QUEUE_LOOP_READABLE)
-        redisAsyncHandleRead(ac);
-    if (dead)
-        return;
-    if (events & QUEUE_LOOP_WRITABLE)
-        redisAsyncHandleWrite(ac);
-    if (dead)
-        return;
-    e->dead = NULL;
-}
-
-static int qev_attach(struct queue_consumer *c, redisAsyncContext *ac)
-{
-    struct qev *e = calloc(1, sizeof(*e));
-    if (e == NULL)
-        return -ENOMEM;
-    e->c = c;
-    e->ac = ac;
-    e->watch = c->loop.ops->watch_new(c->loop.loop, ac->c.fd, qev_event, e);
-    if (e->watch == NULL) {
-        free(e);
-        return -ENOMEM;
-    }
-    ac->ev.data = e;
-    ac->ev.addRead = qev_add_read;
-    ac->ev.delRead = qev_del_read;
-    ac->ev.addWrite = qev_add_write;
-    ac->ev.delWrite = qev_del_write;
-    ac->ev.cleanup = qev_cleanup;
-    return 0;
 }
 
 /* ---- commands and deadlines ---- */
@@ -1125,7 +1026,7 @@ static void conn_start(struct queue_consumer *c)
         redisAsyncFree(ac);
         goto retry;
     }
-    if (qev_attach(c, ac) < 0) {
+    if (queue_redis_attach(ac, &c->loop) < 0) {
         set_error(c, "redis connect failed", "cannot watch the socket");
         redisAsyncFree(ac);
         goto retry;

@@ -2,6 +2,7 @@
  * body writes with backpressure, one atomic commit script, deadlines and reconnects. Not the
  * delivery consumer (it reads the keys documented in docs/QUEUE.md). */
 #include "queue/queue.h"
+#include "queue/redis_adapter.h"
 
 #include <errno.h>
 #include <hiredis/async.h>
@@ -186,15 +187,6 @@ struct queue {
     bool freeing;
 };
 
-/* qev adapts one hiredis context to the queue_loop (the five ev hooks). */
-struct qev {
-    struct queue *q;
-    redisAsyncContext *ac;
-    void *watch;
-    bool reading, writing;
-    bool *dead; /* set while dispatching: cleanup marks it so the dispatcher stops */
-};
-
 static void txn_kick(struct queue_txn *t);
 
 /* ---- small helpers ---- */
@@ -299,99 +291,6 @@ static void make_qid(struct queue *q, unsigned shard, char *out, size_t cap)
     }
     s[22] = '\0';
     snprintf(out, cap, "%s-%u", s, shard);
-}
-
-/* ---- the event-loop adapter: hiredis's five hooks on struct queue_loop ---- */
-
-static void qev_update(struct qev *e)
-{
-    e->q->loop.ops->watch_set(e->watch, e->reading, e->writing);
-}
-
-static void qev_add_read(void *p)
-{
-    struct qev *e = p;
-    if (!e->reading) {
-        e->reading = true;
-        qev_update(e);
-    }
-}
-
-static void qev_del_read(void *p)
-{
-    struct qev *e = p;
-    if (e->reading) {
-        e->reading = false;
-        qev_update(e);
-    }
-}
-
-static void qev_add_write(void *p)
-{
-    struct qev *e = p;
-    if (!e->writing) {
-        e->writing = true;
-        qev_update(e);
-    }
-}
-
-static void qev_del_write(void *p)
-{
-    struct qev *e = p;
-    if (e->writing) {
-        e->writing = false;
-        qev_update(e);
-    }
-}
-
-static void qev_cleanup(void *p)
-{
-    struct qev *e = p;
-    e->q->loop.ops->watch_free(e->watch);
-    if (e->dead)
-        *e->dead = true;
-    free(e);
-}
-
-/* qev_event is the watch callback: readable first, then writable, stopping as soon as hiredis
- * freed the context (which runs qev_cleanup). */
-static void qev_event(void *arg, unsigned events)
-{
-    struct qev *e = arg;
-    redisAsyncContext *ac = e->ac;
-    bool dead = false;
-
-    e->dead = &dead;
-    if (events & QUEUE_LOOP_READABLE)
-        redisAsyncHandleRead(ac);
-    if (dead)
-        return;
-    if (events & QUEUE_LOOP_WRITABLE)
-        redisAsyncHandleWrite(ac);
-    if (dead)
-        return;
-    e->dead = NULL;
-}
-
-static int qev_attach(struct queue *q, redisAsyncContext *ac)
-{
-    struct qev *e = calloc(1, sizeof(*e));
-    if (e == NULL)
-        return -ENOMEM;
-    e->q = q;
-    e->ac = ac;
-    e->watch = q->loop.ops->watch_new(q->loop.loop, ac->c.fd, qev_event, e);
-    if (e->watch == NULL) {
-        free(e);
-        return -ENOMEM;
-    }
-    ac->ev.data = e;
-    ac->ev.addRead = qev_add_read;
-    ac->ev.delRead = qev_del_read;
-    ac->ev.addWrite = qev_add_write;
-    ac->ev.delWrite = qev_del_write;
-    ac->ev.cleanup = qev_cleanup;
-    return 0;
 }
 
 /* ---- operations and deadlines ---- */
@@ -664,7 +563,7 @@ static void conn_start(struct queue *q)
         redisAsyncFree(ac);
         goto retry;
     }
-    if (qev_attach(q, ac) < 0) {
+    if (queue_redis_attach(ac, &q->loop) < 0) {
         set_error(q, "redis connect failed", "cannot watch the socket");
         redisAsyncFree(ac);
         goto retry;
