@@ -1169,7 +1169,7 @@ static void step_connect(void *arg)
 static void step_connect_bad(void *arg)
 {
     struct wcall *wc = arg;
-    struct sockaddr_storage ss = {.ss_family = AF_UNIX};
+    struct sockaddr_storage ss = {.ss_family = AF_NETLINK}; /* not a stream family */
     atomic_store(&wc->rc,
                  io_connect(wc->w, NULL, (const struct sockaddr *)&ss, sizeof(ss), NULL, 0));
     atomic_store(&wc->done, 1);
