@@ -3,6 +3,7 @@
 #include "core/envelope.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -94,6 +95,64 @@ int cmtp_fallback_parse(enum cmtp_fallback *out, const char *s, size_t len)
     if (i < 0)
         return -EINVAL;
     *out = (enum cmtp_fallback)i;
+    return 0;
+}
+
+int cmtp_policy_parse_text(struct cmtp_policy *p, unsigned *set, const char *s, size_t len,
+                           bool spaces)
+{
+    struct cmtp_policy np = *p;
+    unsigned bits = 0;
+    size_t i = 0;
+    if (len == 0 || len > CMTP_POLICY_TEXT_MAX)
+        return -EINVAL;
+    while (i <= len) {
+        size_t j = i;
+        while (j < len && s[j] != ',' && !(spaces && s[j] == ' '))
+            j++;
+        const char *item = s + i;
+        size_t n = j - i;
+        i = j + 1;
+        if (n == 0 && spaces)
+            continue; /* runs of separators */
+        const char *colon = memchr(item, ':', n);
+        if (colon == NULL)
+            return -EINVAL;
+        size_t kn = (size_t)(colon - item);
+        const char *v = colon + 1;
+        size_t vn = n - kn - 1;
+        if (vn == 0)
+            return -EINVAL;
+        if (keyword_eq(item, kn, "relay")) {
+            if ((bits & CMTP_POLICY_SET_RELAY) || cmtp_relay_parse(&np.relay, v, vn) != 0)
+                return -EINVAL;
+            bits |= CMTP_POLICY_SET_RELAY;
+        } else if (keyword_eq(item, kn, "fallback")) {
+            if ((bits & CMTP_POLICY_SET_FALLBACK) || cmtp_fallback_parse(&np.fallback, v, vn) != 0)
+                return -EINVAL;
+            bits |= CMTP_POLICY_SET_FALLBACK;
+        } else if (keyword_eq(item, kn, "hops")) {
+            unsigned h = 0;
+            /* 0..32, no leading zero, no sign. */
+            if (vn > 2 || (vn == 2 && v[0] == '0') || (bits & CMTP_POLICY_SET_HOPS))
+                return -EINVAL;
+            for (size_t k = 0; k < vn; k++) {
+                if (v[k] < '0' || v[k] > '9')
+                    return -EINVAL;
+                h = h * 10u + (unsigned)(v[k] - '0');
+            }
+            if (h > CMTP_HOPS_MAX)
+                return -EINVAL;
+            np.hops = h;
+            bits |= CMTP_POLICY_SET_HOPS;
+        } else {
+            return -EINVAL;
+        }
+    }
+    if (bits == 0)
+        return -EINVAL;
+    *p = np;
+    *set = bits;
     return 0;
 }
 

@@ -58,6 +58,25 @@ int cmtp_relay_parse(enum cmtp_relay *out, const char *s, size_t len);
 int cmtp_fallback_parse(enum cmtp_fallback *out, const char *s, size_t len);
 int cmtp_role_parse(enum cmtp_role *out, const char *s, size_t len);
 
+/* CMTP_POLICY_TEXT_MAX is the longest policy text cmtp_policy_parse_text accepts. */
+#define CMTP_POLICY_TEXT_MAX 128
+
+/* Bits of cmtp_policy_parse_text's |*set|: the members the text named. */
+#define CMTP_POLICY_SET_RELAY 0x1
+#define CMTP_POLICY_SET_FALLBACK 0x2
+#define CMTP_POLICY_SET_HOPS 0x4
+
+/* cmtp_policy_parse_text parses a policy text (|len| octets at |s|): members
+ * `relay:none|domain|any`, `fallback:none|smtp-verified|smtp-tls|smtp` and `hops:0..32` (no
+ * leading zero), each at most once, keys and keywords case-insensitive, separated by one comma —
+ * or, with |spaces|, by any run of commas and spaces. It is the grammar of the SMTP ingress's
+ * CMTP-POLICY parameter and CMTP-Policy header field (docs/SMTP-INGRESS.md 1.3) and of
+ * [smtp_ingress] sender_policy. Members not named keep their value in |*p|; |*set| receives the
+ * CMTP_POLICY_SET_* bits named. Returns 0, or -EINVAL (nothing changed) for anything malformed
+ * or empty. */
+int cmtp_policy_parse_text(struct cmtp_policy *p, unsigned *set, const char *s, size_t len,
+                           bool spaces);
+
 /* cmtp_trace is one structured trace record (one TRACE line; replaces a Received: header). */
 struct cmtp_trace {
     unsigned hop;                      /* 1 for the first receiving server */

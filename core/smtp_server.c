@@ -280,49 +280,7 @@ static bool keyword_eq(const char *s, size_t n, const char *kw)
 
 int cmtp_smtps_policy_parse(struct cmtp_policy *p, unsigned *set, const char *s, size_t len)
 {
-    struct cmtp_policy np = *p;
-    unsigned bits = 0;
-    size_t i = 0;
-    if (len == 0 || len > CMTP_SMTPS_POLICY_MAX)
-        return -EINVAL;
-    while (i <= len) {
-        size_t j = i;
-        while (j < len && s[j] != ',')
-            j++;
-        const char *item = s + i;
-        size_t n = j - i;
-        const char *colon = memchr(item, ':', n);
-        if (colon == NULL)
-            return -EINVAL;
-        size_t kn = (size_t)(colon - item);
-        const char *v = colon + 1;
-        size_t vn = n - kn - 1;
-        if (vn == 0)
-            return -EINVAL;
-        if (keyword_eq(item, kn, "relay")) {
-            if ((bits & CMTP_SMTPS_POLICY_RELAY) || cmtp_relay_parse(&np.relay, v, vn) != 0)
-                return -EINVAL;
-            bits |= CMTP_SMTPS_POLICY_RELAY;
-        } else if (keyword_eq(item, kn, "fallback")) {
-            if ((bits & CMTP_SMTPS_POLICY_FALLBACK) ||
-                cmtp_fallback_parse(&np.fallback, v, vn) != 0)
-                return -EINVAL;
-            bits |= CMTP_SMTPS_POLICY_FALLBACK;
-        } else if (keyword_eq(item, kn, "hops")) {
-            uint64_t h;
-            if ((bits & CMTP_SMTPS_POLICY_HOPS) || cmtp_parse_u64(&h, v, vn) != CMTP_NUM_OK ||
-                h > CMTP_HOPS_MAX)
-                return -EINVAL;
-            np.hops = (unsigned)h;
-            bits |= CMTP_SMTPS_POLICY_HOPS;
-        } else {
-            return -EINVAL;
-        }
-        i = j + 1;
-    }
-    *p = np;
-    *set = bits;
-    return 0;
+    return cmtp_policy_parse_text(p, set, s, len, false);
 }
 
 /* path_split finds the reverse/forward path at the start of |a| (|n| octets, after "FROM:" or

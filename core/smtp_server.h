@@ -26,12 +26,12 @@
 #define CMTP_SMTPS_HELO_MAX 255
 
 /* CMTP_SMTPS_POLICY_MAX is the longest CMTP-POLICY value. */
-#define CMTP_SMTPS_POLICY_MAX 128
+#define CMTP_SMTPS_POLICY_MAX CMTP_POLICY_TEXT_MAX
 
 /* Bits of cmtp_smtps_txn.policy_set: which members CMTP-POLICY= named. */
-#define CMTP_SMTPS_POLICY_RELAY 0x1
-#define CMTP_SMTPS_POLICY_FALLBACK 0x2
-#define CMTP_SMTPS_POLICY_HOPS 0x4
+#define CMTP_SMTPS_POLICY_RELAY CMTP_POLICY_SET_RELAY
+#define CMTP_SMTPS_POLICY_FALLBACK CMTP_POLICY_SET_FALLBACK
+#define CMTP_SMTPS_POLICY_HOPS CMTP_POLICY_SET_HOPS
 
 /* cmtp_smtps_config configures a server session. A zero limit means the default of
  * core/limits.h. */

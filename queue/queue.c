@@ -118,6 +118,12 @@ struct queue_txn {
     unsigned n_rcpts;
     uint8_t *record;
     size_t record_len;
+    /* An unsized transaction (queue_txn_begin_unsized) keeps copies of what the record is made
+     * of until queue_txn_commit_unsized knows the size and digest; NULL otherwise. */
+    struct cmtp_envelope *u_env;
+    struct queue_rcpt *u_rcpts;
+    size_t u_n;
+    struct queue_txn_meta *u_meta;
     char *dests; /* n_dests NUL-terminated destination names, back to back, sorted, unique */
     size_t dests_len;
     unsigned n_dests;
@@ -635,6 +641,19 @@ static void free_chunks(struct queue_txn *t)
     t->fill = NULL;
 }
 
+/* unsized_free drops the copies an unsized transaction keeps. */
+static void unsized_free(struct queue_txn *t)
+{
+    if (t->u_env != NULL)
+        explicit_bzero(t->u_env, sizeof(*t->u_env));
+    free(t->u_env);
+    free(t->u_rcpts);
+    free(t->u_meta);
+    t->u_env = NULL;
+    t->u_rcpts = NULL;
+    t->u_meta = NULL;
+}
+
 static void txn_destroy(struct queue_txn *t)
 {
     struct queue *q = t->q;
@@ -655,6 +674,7 @@ static void txn_destroy(struct queue_txn *t)
     if (t->record)
         explicit_bzero(t->record, t->record_len);
     free(t->record);
+    unsized_free(t);
     free(t->dests);
     free(t);
 }
@@ -978,9 +998,11 @@ static int collect_dests(struct queue_txn *t, const struct queue_rcpt *rcpts, si
     return 0;
 }
 
-struct queue_txn *queue_txn_begin(struct queue *q, const struct cmtp_envelope *env,
-                                  const struct queue_rcpt *rcpts, size_t n_rcpts,
-                                  const struct queue_txn_meta *meta)
+/* txn_begin is queue_txn_begin; with |unsized_max| > 0 the body's size and digest are not known
+ * yet: up to |unsized_max| octets are taken and the record is encoded at the commit. */
+static struct queue_txn *txn_begin(struct queue *q, const struct cmtp_envelope *env,
+                                   const struct queue_rcpt *rcpts, size_t n_rcpts,
+                                   const struct queue_txn_meta *meta, uint64_t unsized_max)
 {
     struct queue_txn *t = NULL;
     size_t txid_len;
@@ -998,8 +1020,8 @@ struct queue_txn *queue_txn_begin(struct queue *q, const struct cmtp_envelope *e
         return NULL;
     }
     txid_len = strnlen(env->txid, CMTP_TXID_MAX + 1);
-    if (txid_len == 0 || txid_len > CMTP_TXID_MAX || env->size == 0 ||
-        env->size > CMTP_SIZE_MAX_HARD) {
+    if (txid_len == 0 || txid_len > CMTP_TXID_MAX || unsized_max > CMTP_SIZE_MAX_HARD ||
+        (unsized_max == 0 && (env->size == 0 || env->size > CMTP_SIZE_MAX_HARD))) {
         errno = EINVAL;
         return NULL;
     }
@@ -1022,6 +1044,21 @@ struct queue_txn *queue_txn_begin(struct queue *q, const struct cmtp_envelope *e
     rc = collect_dests(t, rcpts, n_rcpts);
     if (rc < 0)
         goto err;
+    if (unsized_max > 0) {
+        t->size = unsized_max;
+        t->u_env = malloc(sizeof(*t->u_env));
+        t->u_rcpts = malloc(n_rcpts * sizeof(*t->u_rcpts));
+        t->u_meta = malloc(sizeof(*t->u_meta));
+        if (t->u_env == NULL || t->u_rcpts == NULL || t->u_meta == NULL) {
+            rc = -ENOMEM;
+            goto err;
+        }
+        *t->u_env = *env;
+        memcpy(t->u_rcpts, rcpts, n_rcpts * sizeof(*t->u_rcpts));
+        t->u_n = n_rcpts;
+        *t->u_meta = *meta;
+        goto linked;
+    }
     struct queue_record_in in = {
         .qid = t->qid,
         .node = q->node,
@@ -1035,16 +1072,36 @@ struct queue_txn *queue_txn_begin(struct queue *q, const struct cmtp_envelope *e
     rc = queue_record_encode(&in, &t->record, &t->record_len);
     if (rc < 0)
         goto err;
+linked:
     t->next = q->txns;
     if (q->txns)
         q->txns->prev = t;
     q->txns = t;
     return t;
 err:
+    unsized_free(t);
     free(t->dests);
     free(t);
     errno = -rc;
     return NULL;
+}
+
+struct queue_txn *queue_txn_begin(struct queue *q, const struct cmtp_envelope *env,
+                                  const struct queue_rcpt *rcpts, size_t n_rcpts,
+                                  const struct queue_txn_meta *meta)
+{
+    return txn_begin(q, env, rcpts, n_rcpts, meta, 0);
+}
+
+struct queue_txn *queue_txn_begin_unsized(struct queue *q, const struct cmtp_envelope *env,
+                                          const struct queue_rcpt *rcpts, size_t n_rcpts,
+                                          const struct queue_txn_meta *meta, uint64_t size_max)
+{
+    if (size_max == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return txn_begin(q, env, rcpts, n_rcpts, meta, size_max);
 }
 
 const char *queue_txn_qid(const struct queue_txn *t)
@@ -1131,7 +1188,7 @@ int queue_txn_commit(struct queue_txn *t, const uint8_t digest[CMTP_DIGEST_LEN],
     struct queue *q = t->q;
     int rc;
 
-    if (t->state != TXN_OPEN || done == NULL)
+    if (t->state != TXN_OPEN || done == NULL || t->u_env != NULL)
         return -EINVAL;
     if (t->failed)
         return -EIO;
@@ -1152,6 +1209,41 @@ int queue_txn_commit(struct queue_txn *t, const uint8_t digest[CMTP_DIGEST_LEN],
         return -EIO;
     }
     return 0;
+}
+
+int queue_txn_commit_unsized(struct queue_txn *t, uint64_t size,
+                             const uint8_t digest[CMTP_DIGEST_LEN],
+                             const struct cmtp_policy *policy,
+                             void (*done)(void *arg, const struct queue_commit_result *r),
+                             void *arg)
+{
+    if (t->u_env == NULL || t->state != TXN_OPEN || done == NULL)
+        return -EINVAL;
+    if (t->failed)
+        return -EIO;
+    if (size == 0 || size != t->bytes_appended)
+        return -EINVAL;
+    t->u_env->size = size;
+    memcpy(t->u_env->digest, digest, CMTP_DIGEST_LEN);
+    if (policy != NULL)
+        t->u_env->policy = *policy;
+    struct queue_record_in in = {
+        .qid = t->qid,
+        .node = t->q->node,
+        .created_ms = 0, /* set by queue_txn_commit */
+        .attempts = 0,
+        .env = t->u_env,
+        .meta = t->u_meta,
+        .rcpts = t->u_rcpts,
+        .n_rcpts = t->u_n,
+    };
+    int rc = queue_record_encode(&in, &t->record, &t->record_len);
+    if (rc < 0)
+        return rc;
+    unsized_free(t);
+    t->size = size;
+    memcpy(t->digest, digest, CMTP_DIGEST_LEN);
+    return queue_txn_commit(t, digest, done, arg);
 }
 
 void queue_txn_abort(struct queue_txn *t)

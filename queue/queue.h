@@ -123,6 +123,15 @@ struct queue_txn *queue_txn_begin(struct queue *q, const struct cmtp_envelope *e
                                   const struct queue_rcpt *rcpts, size_t n_rcpts,
                                   const struct queue_txn_meta *meta);
 
+/* queue_txn_begin_unsized is queue_txn_begin for a body whose size and digest are known only
+ * at its end (the SMTP ingress): |env|->size and |env|->digest are ignored, at most |size_max|
+ * (1..CMTP_SIZE_MAX_HARD) octets may be appended, and the envelope record is encoded by
+ * queue_txn_commit_unsized, which must be used instead of queue_txn_commit. |env|, |rcpts| and
+ * |meta| are copied. */
+struct queue_txn *queue_txn_begin_unsized(struct queue *q, const struct cmtp_envelope *env,
+                                          const struct queue_rcpt *rcpts, size_t n_rcpts,
+                                          const struct queue_txn_meta *meta, uint64_t size_max);
+
 /* queue_txn_qid returns the queue id of |t|, NUL-terminated, owned by |t|. Format: 10 Crockford
  * base32 digits of the ms wall clock, 12 random base32 digits, '-', the shard number. */
 const char *queue_txn_qid(const struct queue_txn *t);
@@ -179,6 +188,17 @@ struct queue_commit_result {
  * mismatch, or already committing). */
 int queue_txn_commit(struct queue_txn *t, const uint8_t digest[CMTP_DIGEST_LEN],
                      void (*done)(void *arg, const struct queue_commit_result *r), void *arg);
+
+/* queue_txn_commit_unsized commits an unsized transaction: |size| (>= 1) must equal the octets
+ * appended and |digest| is their SHA-256, both recorded in the envelope; |policy|, when not NULL,
+ * replaces the envelope's policy (learnt from the message while it streamed). Then as
+ * queue_txn_commit. Returns 0; -EINVAL (not unsized, size mismatch, empty body), -EIO, -ENOTCONN
+ * or -ENOMEM, leaving |t| to the caller. */
+int queue_txn_commit_unsized(struct queue_txn *t, uint64_t size,
+                             const uint8_t digest[CMTP_DIGEST_LEN],
+                             const struct cmtp_policy *policy,
+                             void (*done)(void *arg, const struct queue_commit_result *r),
+                             void *arg);
 
 /* queue_txn_abort ends |t|: frees it and deletes (UNLINK, best effort) body chunks already
  * written. After a successful queue_txn_commit it only cancels the callback: the commit still

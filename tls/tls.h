@@ -68,6 +68,10 @@ struct tls_server_config {
     const char *client_ca_file;
     /* client_auth is the default client certificate policy of connections on the context. */
     enum tls_client_auth client_auth;
+    /* no_alpn makes a context for the SMTP ingress's STARTTLS: no ALPN is required and none is
+     * selected (a client offering ALPN gets none). Everything else (TLS 1.3 only, no early
+     * data, certificates) is unchanged. CMTP listeners never use it. */
+    bool no_alpn;
 };
 
 /* tls_client_config holds what a client context is built from. All-zero is valid: the system
@@ -83,6 +87,16 @@ struct tls_client_config {
      * the bench): no ALPN offered, none required. Everything else (TLS 1.3 only, certificate
      * and host name verification) is unchanged. CMTP connections never use it. */
     bool no_alpn;
+    /* allow_tls12 (only with no_alpn) also accepts TLS 1.2, for SMTP STARTTLS to servers that do
+     * not speak 1.3 yet, with forward-secret AEAD cipher suites only (ECDHE with AES-GCM or
+     * ChaCha20-Poly1305). tls_conn_version says what was agreed. */
+    bool allow_tls12;
+    /* verify_optional (only with no_alpn) still checks the server certificate (chain to the
+     * trust anchors, name) but lets the handshake succeed when it does not verify: the caller
+     * asks tls_conn_peer_verified and applies its own policy (opportunistic SMTP TLS, RFC 7435,
+     * and the SMTP fallback levels of PROTOCOL.md 14). A connection on such a context may also
+     * be made without a server name. */
+    bool verify_optional;
 };
 
 /* tls_ctx is an immutable, reference-counted TLS context (server or client). It may be shared
@@ -96,8 +110,10 @@ struct tls_ctx;
 struct tls_ctx *tls_server_ctx_new(const struct tls_server_config *cfg, char *err, size_t errlen);
 
 /* tls_client_ctx_new builds a client context from |cfg|: TLS 1.3 only, ALPN cmtp/1 offered and
- * required, server certificates verified, no early data. It returns a context with one
- * reference, or NULL with a message in |err| like tls_server_ctx_new. */
+ * required, server certificates verified, no early data (no_alpn, allow_tls12 and
+ * verify_optional relax this for SMTP). It returns a context with one reference, or NULL with a
+ * message in |err| like tls_server_ctx_new (also for allow_tls12 or verify_optional without
+ * no_alpn). */
 struct tls_ctx *tls_client_ctx_new(const struct tls_client_config *cfg, char *err, size_t errlen);
 
 /* tls_ctx_ref takes a new reference to |ctx| and returns |ctx|. Thread-safe. */
@@ -142,7 +158,9 @@ struct tls_conn *tls_conn_new_server(struct tls_ctx *ctx);
  * |server_name| as SNI and verifies the server certificate for it (a DNS-ID in the
  * subjectAltName, wildcards only as the whole left-most label; the subject CN is never used).
  * |server_name| is copied. Returns NULL if out of memory or if |server_name| is not a host name
- * of 1..253 octets. The ClientHello is produced by the first tls_conn_feed(t, NULL, 0). */
+ * of 1..253 octets; a NULL |server_name| is accepted on a verify_optional context only (no SNI,
+ * and tls_conn_peer_verified is false). The ClientHello is produced by the first
+ * tls_conn_feed(t, NULL, 0). */
 struct tls_conn *tls_conn_new_client(struct tls_ctx *ctx, const char *server_name);
 
 /* tls_conn_free wipes and frees |t|, its SSL object, its pending ciphertext and its reference
@@ -215,6 +233,14 @@ void tls_conn_out_consume(struct tls_conn *t, size_t n);
  * alert received or sent, or the certificate verification error. Writes "no error" if |t| has
  * not failed. The text never contains peer-controlled bytes. */
 void tls_conn_error_string(const struct tls_conn *t, char *buf, size_t len);
+
+/* tls_conn_peer_verified reports, on a client connection whose handshake completed, whether the
+ * server certificate chained to the context's trust anchors and matched the server name it was
+ * created with. It is always true on an ordinary client context (the handshake fails otherwise)
+ * and false on a server, before the handshake, and for a connection made without a server
+ * name. When false and |why| is not NULL, the reason is written there (|whylen| octets,
+ * NUL-terminated; never peer-controlled text). */
+bool tls_conn_peer_verified(const struct tls_conn *t, char *why, size_t whylen);
 
 /* tls_conn_version returns the negotiated protocol version ("TLSv1.3"), or NULL before the
  * handshake completes. The string is static. */

@@ -51,6 +51,9 @@ struct tls_conn {
     const char *err_msg;
     uint32_t err_code;
     long verify_err;
+    /* peer_verify: client side, the server certificate's verification result once the
+     * handshake completed (only a verify_optional context lets it be other than X509_V_OK). */
+    long peer_verify;
     bool is_server;
     bool started;
     bool hs_done;
@@ -338,8 +341,10 @@ struct tls_conn *tls_conn_new_client(struct tls_ctx *ctx, const char *server_nam
     struct tls_conn *t;
     size_t len;
 
-    if (ctx->is_server || server_name == NULL)
+    if (ctx->is_server || (server_name == NULL && !ctx->verify_optional))
         return NULL;
+    if (server_name == NULL)
+        return tls_conn_new(ctx, false);
     len = strlen(server_name);
     if (!tls_host_ok((const uint8_t *)server_name, len))
         return NULL;
@@ -438,13 +443,16 @@ static enum tls_result tls_handshake_finish(struct tls_conn *t)
     SSL_get0_alpn_selected(t->ssl, &alpn, &alpn_len);
     if (t->ctx->no_alpn) {
         if (alpn_len != 0)
-            return tls_fail_msg(t, "server selected an ALPN protocol that was not offered");
+            return tls_fail_msg(t, "an ALPN protocol was selected on an SMTP STARTTLS context");
     } else if (alpn_len != TLS_ALPN_ID_LEN || memcmp(alpn, tls_alpn_id, alpn_len) != 0)
         return tls_fail_msg(t, t->is_server ? "no ALPN protocol agreed (" CMTP_ALPN " is required)"
                                             : "server selected no ALPN protocol (" CMTP_ALPN
                                               " is required)");
-    if (SSL_version(t->ssl) != TLS1_3_VERSION)
+    if (SSL_version(t->ssl) != TLS1_3_VERSION &&
+        !(t->ctx->allow_tls12 && SSL_version(t->ssl) == TLS1_2_VERSION))
         return tls_fail_msg(t, "protocol version is not TLS 1.3");
+    if (!t->is_server)
+        t->peer_verify = SSL_get_verify_result(t->ssl);
     if (t->is_server) {
         X509 *cert = SSL_get_peer_certificate(t->ssl);
         if (cert != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK)
@@ -674,6 +682,23 @@ void tls_conn_error_string(const struct tls_conn *t, char *buf, size_t len)
         snprintf(buf, len, "tls failure");
 }
 
+bool tls_conn_peer_verified(const struct tls_conn *t, char *why, size_t whylen)
+{
+    const char *w = NULL;
+
+    if (t->is_server || !tls_conn_handshake_done(t))
+        w = "no verified server certificate";
+    else if (t->server_name == NULL)
+        w = "no reference identity (no server name)";
+    else if (t->peer_verify != X509_V_OK)
+        w = X509_verify_cert_error_string(t->peer_verify);
+    if (w == NULL)
+        return true;
+    if (why != NULL && whylen > 0)
+        snprintf(why, whylen, "certificate not verified: %s", w);
+    return false;
+}
+
 const char *tls_conn_version(const struct tls_conn *t)
 {
     return tls_conn_handshake_done(t) ? SSL_get_version(t->ssl) : NULL;
@@ -749,6 +774,8 @@ struct tls_session *tls_conn_get_session(struct tls_conn *t)
 
     if (t->is_server || t->session == NULL)
         return NULL;
+    if (t->server_name == NULL)
+        return NULL;
     len = strlen(t->server_name);
     s = malloc(sizeof(*s) + len + 1);
     if (s == NULL)
@@ -761,7 +788,8 @@ struct tls_session *tls_conn_get_session(struct tls_conn *t)
 
 int tls_conn_set_session(struct tls_conn *t, struct tls_session *s)
 {
-    if (t->is_server || t->started || s == NULL || strcmp(s->server_name, t->server_name) != 0)
+    if (t->is_server || t->started || s == NULL || t->server_name == NULL ||
+        strcmp(s->server_name, t->server_name) != 0)
         return -EINVAL;
     if (!SSL_set_session(t->ssl, s->sess)) {
         ERR_clear_error();

@@ -37,6 +37,20 @@ static const uint16_t tls_verify_prefs[] = {
     SSL_SIGN_RSA_PSS_RSAE_SHA512,
 };
 
+/* The same for a client context that allows TLS 1.2 (SMTP): RSA PKCS#1 as well (TLS 1.3 never
+ * uses it in CertificateVerify). */
+static const uint16_t tls_verify_prefs_tls12[] = {
+    SSL_SIGN_ED25519,
+    SSL_SIGN_ECDSA_SECP256R1_SHA256,
+    SSL_SIGN_ECDSA_SECP384R1_SHA384,
+    SSL_SIGN_RSA_PSS_RSAE_SHA256,
+    SSL_SIGN_RSA_PSS_RSAE_SHA384,
+    SSL_SIGN_RSA_PSS_RSAE_SHA512,
+    SSL_SIGN_RSA_PKCS1_SHA256,
+    SSL_SIGN_RSA_PKCS1_SHA384,
+    SSL_SIGN_RSA_PKCS1_SHA512,
+};
+
 static void tls_errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -536,9 +550,12 @@ struct tls_ctx *tls_server_ctx_new(const struct tls_server_config *cfg, char *er
     /* ALPN is mandatory: the early callback notes a ClientHello without ALPN and the SNI
      * callback (run for every ClientHello) refuses it with no_application_protocol; the ALPN
      * callback refuses a list without cmtp/1 the same way. */
-    SSL_CTX_set_select_certificate_cb(s, tls_cb_select_cert);
-    SSL_CTX_set_tlsext_servername_callback(s, tls_cb_servername);
-    SSL_CTX_set_alpn_select_cb(s, tls_cb_alpn_select, NULL);
+    c->no_alpn = cfg->no_alpn;
+    if (!cfg->no_alpn) {
+        SSL_CTX_set_select_certificate_cb(s, tls_cb_select_cert);
+        SSL_CTX_set_tlsext_servername_callback(s, tls_cb_servername);
+        SSL_CTX_set_alpn_select_cb(s, tls_cb_alpn_select, NULL);
+    }
 
     /* Resumption is stateless (tickets only): no server-side session cache to grow. */
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
@@ -585,11 +602,27 @@ struct tls_ctx *tls_client_ctx_new(const struct tls_client_config *cfg, char *er
         tls_errf(err, errlen, "tls client: cert_file and key_file go together");
         return NULL;
     }
+    if ((cfg->allow_tls12 || cfg->verify_optional) && !cfg->no_alpn) {
+        tls_errf(err, errlen, "tls client: allow_tls12 and verify_optional are for SMTP (no_alpn)");
+        return NULL;
+    }
     c = tls_ctx_alloc(false, err, errlen);
     if (c == NULL)
         return NULL;
     s = c->ssl_ctx;
     c->no_alpn = cfg->no_alpn;
+    c->allow_tls12 = cfg->allow_tls12;
+    c->verify_optional = cfg->verify_optional;
+    /* TLS 1.2 for SMTP: ECDHE and AEAD only (the 1.3 suites are fixed by BoringSSL), and RSA
+     * PKCS#1 signatures, which 1.2 servers with RSA certificates may still need. */
+    if (cfg->allow_tls12 &&
+        (!SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION) ||
+         !SSL_CTX_set_strict_cipher_list(s, "ECDHE+AESGCM:ECDHE+CHACHA20") ||
+         !SSL_CTX_set_verify_algorithm_prefs(s, tls_verify_prefs_tls12,
+                                             sizeof(tls_verify_prefs_tls12) / sizeof(uint16_t)))) {
+        tls_errf(err, errlen, "tls client: cannot enable TLS 1.2");
+        goto err;
+    }
     if ((!cfg->no_alpn && SSL_CTX_set_alpn_protos(s, alpn, sizeof(alpn) - 1) != 0) ||
         !SSL_CTX_set_purpose(s, X509_PURPOSE_SSL_SERVER)) {
         tls_errf(err, errlen, "tls client: out of memory");
@@ -599,7 +632,9 @@ struct tls_ctx *tls_client_ctx_new(const struct tls_client_config *cfg, char *er
                      cfg->ca_file != NULL ? cfg->ca_file : TLS_SYSTEM_CA_FILE, NULL, err,
                      errlen) != 0)
         goto err;
-    SSL_CTX_set_verify(s, SSL_VERIFY_PEER, NULL);
+    /* verify_optional: BoringSSL still verifies the chain and the name with SSL_VERIFY_NONE and
+     * keeps the result (SSL_get_verify_result), which tls_conn_peer_verified reports. */
+    SSL_CTX_set_verify(s, cfg->verify_optional ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
     if (cfg->cert_file != NULL &&
         tls_load_identity(s, cfg->cert_file, cfg->key_file, &c->not_after, err, errlen) != 0)
         goto err;

@@ -25,7 +25,9 @@ struct tls_ctx {
     atomic_int refs;
     bool is_server;
     bool has_client_ca;
-    bool no_alpn; /* client context for SMTP STARTTLS: no ALPN offered or required */
+    bool no_alpn;         /* SMTP STARTTLS context: no ALPN offered, selected or required */
+    bool allow_tls12;     /* client for SMTP: TLS 1.2 accepted too */
+    bool verify_optional; /* client for SMTP: an unverified certificate does not fail */
     enum tls_client_auth client_auth;
     SSL_CTX *ssl_ctx;
     /* bio_method is the memory BIO of every connection made on this context; each connection

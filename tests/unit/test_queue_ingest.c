@@ -566,6 +566,65 @@ static void test_commit_misuse(void **state)
     queue_free(q);
 }
 
+/* An unsized transaction (the SMTP ingress): size and digest come at the commit, with a policy
+ * learnt meanwhile; the record read back carries them; misuse is refused. */
+static void test_unsized(void **state)
+{
+    (void)state;
+    struct queue_config cfg;
+    struct qcommit c = {0};
+    char qid[CMTP_QID_MAX + 1];
+    qfix_config(&fx, &cfg);
+    struct queue *q = qfix_open(&fx, &cfg);
+    struct qmsg *m = qmsg_new(&fx, 300 * 1024, NULL); /* several chunks */
+    struct cmtp_envelope env = m->env;
+    uint8_t digest[CMTP_DIGEST_LEN];
+    memcpy(digest, m->env.digest, sizeof(digest));
+    env.size = 0;
+    memset(env.digest, 0, sizeof(env.digest));
+    /* The size limit bounds what may be appended. */
+    struct queue_txn *t = queue_txn_begin_unsized(q, &env, m->rcpts, m->n_rcpts, &m->meta, 10);
+    assert_non_null(t);
+    assert_int_equal(queue_txn_append(t, m->body, 11), QUEUE_TEMPFAIL);
+    queue_txn_abort(t);
+    assert_null(queue_txn_begin_unsized(q, &env, m->rcpts, m->n_rcpts, &m->meta, 0));
+    /* The whole body, then the commit with its size and digest. */
+    t = queue_txn_begin_unsized(q, &env, m->rcpts, m->n_rcpts, &m->meta, 1024 * 1024);
+    assert_non_null(t);
+    snprintf(qid, sizeof(qid), "%s", queue_txn_qid(t));
+    assert_int_not_equal(qfix_append(&fx, t, m, 4096, NULL, NULL), QUEUE_TEMPFAIL);
+    /* queue_txn_commit is not for unsized transactions; a wrong size is refused. */
+    assert_int_equal(queue_txn_commit(t, digest, qcommit_cb, &c), -EINVAL);
+    assert_int_equal(queue_txn_commit_unsized(t, m->len - 1, digest, NULL, qcommit_cb, &c),
+                     -EINVAL);
+    struct cmtp_policy pol;
+    cmtp_policy_init(&pol);
+    pol.relay = CMTP_RELAY_DOMAIN;
+    pol.fallback = CMTP_FALLBACK_SMTP_VERIFIED;
+    pol.hops = 5;
+    assert_int_equal(queue_txn_commit_unsized(t, m->len, digest, &pol, qcommit_cb, &c), 0);
+    assert_true(poll_loop_run_until(fx.pl, qcommit_done, &c, 5000));
+    assert_int_equal(c.r.status, QUEUE_COMMIT_ACCEPTED);
+    assert_string_equal(c.r.qid, qid);
+    check_stored(m, qid, QUEUE_CHUNK_SIZE_DEFAULT);
+    /* The policy given at the commit is the record's. */
+    unsigned shard;
+    char key[QUEUE_KEY_MAX];
+    queue_qid_shard(qid, &shard);
+    const char *get[] = {"GET", qfix_key(key, sizeof(key), shard, "env", qid)};
+    redisReply *r = qfix_cmd(&fx, 2, get);
+    struct queue_record *rec = malloc(sizeof(*rec));
+    assert_int_equal(queue_record_decode(rec, (const uint8_t *)r->str, r->len), QUEUE_RECORD_OK);
+    freeReplyObject(r);
+    assert_int_equal(rec->env.policy.relay, CMTP_RELAY_DOMAIN);
+    assert_int_equal(rec->env.policy.fallback, CMTP_FALLBACK_SMTP_VERIFIED);
+    assert_int_equal(rec->env.policy.hops, 5);
+    queue_record_cleanup(rec);
+    free(rec);
+    qmsg_free(m);
+    queue_free(q);
+}
+
 static void test_key_layout(void **state)
 {
     (void)state;
@@ -693,6 +752,7 @@ int main(void)
         cmocka_unit_test(test_body_lost_before_commit),
         cmocka_unit_test(test_qid_format),
         cmocka_unit_test(test_commit_misuse),
+        cmocka_unit_test(test_unsized),
         cmocka_unit_test(test_key_layout),
         cmocka_unit_test(test_not_connected),
         cmocka_unit_test(test_tcp_address),
