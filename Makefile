@@ -49,12 +49,13 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB := $(BUILD)/libcmtp.a
 
 # Programs: name -> file with main(). Built when their main file exists.
-PROGS := cmtpd cmtp-send cmtpctl cmtp-bench cmtp-parser-bench
+PROGS := cmtpd cmtp-send cmtpctl cmtp-bench cmtp-parser-bench cmtp-lmtp-sink
 main_cmtpd := daemon/cmtpd_main.c
 main_cmtp-send := daemon/send_main.c
 main_cmtpctl := admin/cmtpctl_main.c
 main_cmtp-bench := bench/bench_main.c
 main_cmtp-parser-bench := bench/parser_main.c
+main_cmtp-lmtp-sink := bench/lmtp_sink_main.c
 PROGS_PRESENT := $(foreach p,$(PROGS),$(if $(wildcard $(main_$(p))),$(p)))
 BINS := $(PROGS_PRESENT:%=$(BUILD)/%)
 
@@ -153,4 +154,4 @@ install: all
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -240,6 +240,10 @@ static admin_op_fn op_for(const struct admin_ops *ops, enum admin_cmd cmd)
         return ops->reload;
     case ADMIN_CMD_LOG_LEVEL:
         return ops->log_level;
+    case ADMIN_CMD_DELIVERY_PAUSE:
+        return ops->delivery_pause;
+    case ADMIN_CMD_DELIVERY_RESUME:
+        return ops->delivery_resume;
     default:
         return NULL;
     }

@@ -80,22 +80,24 @@ typedef int (*admin_metrics_fn)(void *arg, struct admin_buf *out, char *err, siz
  * which then reports only what the server knows). `help` and `version` are answered by the
  * server itself. Required fields of each reply, checked by the server: docs/ADMIN.md. */
 struct admin_ops {
-    admin_op_fn status;        /* workers (int), listeners (array), redis (object); the server
-                                  adds version, pid and uptime_s */
-    admin_op_fn stats;         /* workers (array of objects), total (object) */
-    admin_op_fn queue_summary; /* destinations (array) */
-    admin_op_fn queue_list;    /* messages (array); filters in req->dest/state/limit */
-    admin_op_fn queue_show;    /* message (object); req->id, req->body */
-    admin_op_fn queue_delete;  /* affected (int); req->id */
-    admin_op_fn queue_retry;   /* affected (int); req->id, or req->all */
-    admin_op_fn queue_hold;    /* affected (int); req->id */
-    admin_op_fn queue_release; /* affected (int); req->id */
-    admin_op_fn flush;         /* affected (int) */
-    admin_op_fn drain;         /* no required field */
-    admin_op_fn resume;        /* no required field */
-    admin_op_fn reload;        /* no required field */
-    admin_op_fn log_level;     /* req->level; the server adds level (string) */
-    admin_metrics_fn metrics;  /* Prometheus text; the server wraps it as {"text": ...} */
+    admin_op_fn status;          /* workers (int), listeners (array), redis (object); the server
+                                    adds version, pid and uptime_s */
+    admin_op_fn stats;           /* workers (array of objects), total (object) */
+    admin_op_fn queue_summary;   /* destinations (array) */
+    admin_op_fn queue_list;      /* messages (array); filters in req->dest/state/limit */
+    admin_op_fn queue_show;      /* message (object); req->id, req->body */
+    admin_op_fn queue_delete;    /* affected (int); req->id */
+    admin_op_fn queue_retry;     /* affected (int); req->id, or req->all */
+    admin_op_fn queue_hold;      /* affected (int); req->id */
+    admin_op_fn queue_release;   /* affected (int); req->id */
+    admin_op_fn flush;           /* affected (int) */
+    admin_op_fn drain;           /* no required field */
+    admin_op_fn resume;          /* no required field */
+    admin_op_fn reload;          /* no required field */
+    admin_op_fn log_level;       /* req->level; the server adds level (string) */
+    admin_op_fn delivery_pause;  /* delivery (string: "paused") */
+    admin_op_fn delivery_resume; /* delivery (string: "running") */
+    admin_metrics_fn metrics;    /* Prometheus text; the server wraps it as {"text": ...} */
 };
 
 /* admin_server is a running admin socket. */

@@ -74,6 +74,16 @@ static const struct admin_cmd_info cmd_table[ADMIN_CMD_COUNT] = {
      "Returns every metric in the Prometheus text exposition format 0.0.4 (the same text as\n"
      "the optional HTTP listener serves at /metrics).\n",
      false},
+    {ADMIN_CMD_DELIVERY_PAUSE, "delivery pause", "", "stop claiming new deliveries and reports",
+     "Stops this node's delivery engine from claiming queued messages and status-report items;\n"
+     "deliveries in flight finish. Messages stay queued in Redis, where other nodes may deliver\n"
+     "them. Ingest goes on. `delivery resume` undoes it; so does a reload that changes\n"
+     "[delivery] enabled to yes. `status` shows the state.\n",
+     true},
+    {ADMIN_CMD_DELIVERY_RESUME, "delivery resume", "", "claim and deliver queued messages again",
+     "Lets this node's delivery engine claim queued messages and report items again, after\n"
+     "`delivery pause` or when it started with [delivery] enabled = no.\n",
+     true},
 };
 
 static const char *const qstate_names[ADMIN_QSTATE_COUNT] = {
@@ -393,6 +403,10 @@ int admin_request_parse(struct admin_request *req, const char *line, size_t len,
                                  "queue needs a subcommand: summary, list, show, delete, retry, "
                                  "hold, release",
                                  NULL);
+        if (used == 1 && tok_is(&toks[0], "delivery"))
+            return n >= 2
+                       ? fail(err, errlen, "unknown delivery subcommand (pause, resume)", &toks[1])
+                       : fail(err, errlen, "delivery needs a subcommand: pause, resume", NULL);
         if (used == 1 && tok_is(&toks[0], "log"))
             return n >= 2 ? fail(err, errlen, "unknown log subcommand (level)", &toks[1])
                           : fail(err, errlen, "log needs a subcommand: level", NULL);

@@ -45,6 +45,8 @@ enum admin_cmd {
     ADMIN_CMD_RELOAD,
     ADMIN_CMD_LOG_LEVEL,
     ADMIN_CMD_METRICS,
+    ADMIN_CMD_DELIVERY_PAUSE,
+    ADMIN_CMD_DELIVERY_RESUME,
     ADMIN_CMD_COUNT, /* not a command: the number of them */
 };
 

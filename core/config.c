@@ -488,6 +488,22 @@ static int parse_cidr(struct cmtp_config_cidr *n, const char *s, size_t len, cha
     return 0;
 }
 
+const struct cmtp_config_sender_policy *cmtp_config_sender_policy_for(const struct cmtp_config *c,
+                                                                      const char *domain)
+{
+    /* The exact domain first, then each parent in turn (a.test covers x.a.test). */
+    for (const char *d = domain; d != NULL && *d != '\0';) {
+        for (size_t i = 0; i < c->smtp_ingress.sender_policy_count; i++) {
+            if (strcmp(c->smtp_ingress.sender_policy[i].domain, d) == 0)
+                return &c->smtp_ingress.sender_policy[i];
+        }
+        d = strchr(d, '.');
+        if (d != NULL)
+            d++;
+    }
+    return NULL;
+}
+
 bool cmtp_config_cidr_match(const struct cmtp_config_cidr *n, int family, const uint8_t *ip)
 {
     if (n == NULL || ip == NULL || family != n->family)
@@ -523,12 +539,15 @@ enum key_type {
     T_DOMAINS,   /* list of char[CMTP_DOMAIN_MAX + 1] */
     T_RELAYS,    /* list of cmtp_config_relay_domain */
     T_NETWORKS,  /* list of cmtp_config_cidr */
+    T_RESOLVERS, /* list of cmtp_config_endpoint, IP addresses only, port 53 by default */
+    T_SENDERS,   /* list of cmtp_config_sender_policy */
     T_LOG_LEVEL, /* enum cmtp_log_level */
     T_LOG_FORMAT,
     T_LOG_TARGET,
     T_DELIVERY_MODE,
     T_RELAY,
     T_FALLBACK,
+    T_STARTTLS, /* enum cmtp_smtpc_tls: none, may, require */
 };
 
 /* key_def describes one key: where its value lives in struct cmtp_config and how it is
@@ -599,6 +618,11 @@ static const struct key_def keys[] = {
     {"delivery", "mode", T_DELIVERY_MODE, OFF(delivery.mode), 0, 0, 0, 0, 0},
     {"delivery", "maildir", T_PATH, OFF(delivery.maildir), CAP(delivery.maildir), 0, 0, 0, 1},
     {"delivery", "lmtp", T_SOCKET, OFF(delivery.lmtp), 0, 0, 0, 0, 1},
+    {"delivery", "smtp", T_SOCKET, OFF(delivery.smtp), 0, 0, 0, 0, 1},
+    {"delivery", "smtp_starttls", T_STARTTLS, OFF(delivery.smtp_starttls), 0, 0, 0, 0, 0},
+    {"delivery", "smtp_tls_verify", T_BOOL, OFF(delivery.smtp_tls_verify), 0, 0, 0, 0, 0},
+    {"delivery", "smtp_tls_name", T_HOSTNAME, OFF(delivery.smtp_tls_name),
+     CAP(delivery.smtp_tls_name), 0, 0, 0, 1},
     {"delivery", "local_domains", T_DOMAINS, OFF(delivery.local_domains),
      LISTCAP(delivery.local_domains), OFF(delivery.local_domains_count), 0, 0, 1},
     {"delivery", "relay_domains", T_RELAYS, OFF(delivery.relay_domains),
@@ -608,8 +632,16 @@ static const struct key_def keys[] = {
     {"delivery", "retry_base", T_DURATION, OFF(delivery.retry_base_ms), 0, 0, D_SEC(1), D_DAY(1),
      0},
     {"delivery", "retry_max", T_DURATION, OFF(delivery.retry_max_ms), 0, 0, D_SEC(1), D_DAY(30), 0},
-    {"delivery", "lifetime", T_DURATION, OFF(delivery.lifetime_ms), 0, 0, D_MIN(1), D_DAY(60), 0},
+    {"delivery", "lifetime", T_DURATION, OFF(delivery.lifetime_ms), 0, 0, D_SEC(5), D_DAY(60), 0},
     {"delivery", "attempts_crash_max", T_UINT, OFF(delivery.attempts_crash_max), 0, 0, 1, 1000, 0},
+    {"delivery", "enabled", T_BOOL, OFF(delivery.enabled), 0, 0, 0, 0, 0},
+    {"delivery", "lease", T_DURATION, OFF(delivery.lease_ms), 0, 0, D_SEC(1), D_HOUR(1), 0},
+    {"delivery", "dns_servers", T_RESOLVERS, OFF(delivery.dns_servers),
+     LISTCAP(delivery.dns_servers), OFF(delivery.dns_servers_count), 0, 0, 1},
+    {"delivery", "dns_timeout", T_DURATION, OFF(delivery.dns_timeout_ms), 0, 0, D_MS(100), D_MIN(1),
+     0},
+    {"delivery", "cmtp_port", T_UINT, OFF(delivery.cmtp_port), 0, 0, 1, 65535, 0},
+    {"delivery", "smtp_port", T_UINT, OFF(delivery.smtp_port), 0, 0, 1, 65535, 0},
 
     {"admin", "socket", T_PATH, OFF(admin.socket), CAP(admin.socket), 0, 0, 0, 0},
     {"admin", "mode", T_MODE, OFF(admin.mode), 0, 0, 0, 0777, 0},
@@ -629,6 +661,12 @@ static const struct key_def keys[] = {
      0},
     {"smtp_ingress", "policy_hops", T_UINT, OFF(smtp_ingress.policy_hops), 0, 0, 0, CMTP_HOPS_MAX,
      0},
+    {"smtp_ingress", "sender_policy", T_SENDERS, OFF(smtp_ingress.sender_policy),
+     LISTCAP(smtp_ingress.sender_policy), OFF(smtp_ingress.sender_policy_count), 0, 0, 1},
+    {"smtp_ingress", "starttls", T_BOOL, OFF(smtp_ingress.starttls), 0, 0, 0, 0, 0},
+    {"smtp_ingress", "tls_required", T_BOOL, OFF(smtp_ingress.tls_required), 0, 0, 0, 0, 0},
+    {"smtp_ingress", "policy_header", T_BOOL, OFF(smtp_ingress.policy_header), 0, 0, 0, 0, 0},
+    {"smtp_ingress", "bare_lf_reject", T_BOOL, OFF(smtp_ingress.bare_lf_reject), 0, 0, 0, 0, 0},
 };
 
 #define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
@@ -647,7 +685,8 @@ static bool section_known(const char *s, size_t len)
 
 static bool is_list(enum key_type t)
 {
-    return t == T_LISTEN || t == T_DOMAINS || t == T_RELAYS || t == T_NETWORKS;
+    return t == T_LISTEN || t == T_DOMAINS || t == T_RELAYS || t == T_NETWORKS || t == T_SENDERS ||
+           t == T_RESOLVERS;
 }
 
 /* fmt_size writes |v| octets with the largest exact unit (e.g. "64m"). */
@@ -775,6 +814,25 @@ static int apply_item(struct cmtp_config *c, const struct key_def *k, const char
         list[(*count)++] = r;
         return 0;
     }
+    case T_RESOLVERS: {
+        struct cmtp_config_endpoint *list = (struct cmtp_config_endpoint *)(void *)base;
+        struct cmtp_config_endpoint ep;
+        if (parse_endpoint(&ep, s, len, CMTP_CONFIG_DNS_PORT, why) < 0)
+            return -1;
+        if (ep.kind == CMTP_CONFIG_HOST_NAME) {
+            /* A name would need a resolver to find the resolver. */
+            snprintf(why, WHY_LEN, "\"%s\": a DNS server must be an IP address", e);
+            return -1;
+        }
+        for (size_t i = 0; i < *count; i++) {
+            if (endpoint_equal(&list[i], &ep)) {
+                snprintf(why, WHY_LEN, "DNS server \"%s\" listed twice", e);
+                return -1;
+            }
+        }
+        list[(*count)++] = ep;
+        return 0;
+    }
     case T_NETWORKS: {
         struct cmtp_config_cidr *list = (struct cmtp_config_cidr *)(void *)base;
         struct cmtp_config_cidr n;
@@ -787,6 +845,38 @@ static int apply_item(struct cmtp_config *c, const struct key_def *k, const char
             }
         }
         list[(*count)++] = n;
+        return 0;
+    }
+    case T_SENDERS: {
+        struct cmtp_config_sender_policy *list = (struct cmtp_config_sender_policy *)(void *)base;
+        struct cmtp_config_sender_policy sp;
+        const char *sp_end = memchr(s, ' ', len);
+        if (sp_end == NULL) {
+            snprintf(why, WHY_LEN, "entry \"%s\": expected domain relay:... fallback:... hops:...",
+                     e);
+            return -1;
+        }
+        size_t dl = (size_t)(sp_end - s);
+        enum cmtp_addr_err ae = cmtp_addr_domain_normalize(sp.domain, sizeof(sp.domain), s, dl);
+        if (ae != CMTP_ADDR_OK) {
+            snprintf(why, WHY_LEN, "entry \"%s\": domain %s", e, cmtp_addr_strerror(ae));
+            return -1;
+        }
+        cmtp_policy_init(&sp.policy);
+        if (cmtp_policy_parse_text(&sp.policy, &sp.set, sp_end + 1, len - dl - 1, true) < 0) {
+            snprintf(why, WHY_LEN,
+                     "entry \"%s\": bad policy (members relay:none|domain|any, "
+                     "fallback:none|smtp-verified|smtp-tls|smtp, hops:0..32)",
+                     e);
+            return -1;
+        }
+        for (size_t i = 0; i < *count; i++) {
+            if (strcmp(list[i].domain, sp.domain) == 0) {
+                snprintf(why, WHY_LEN, "domain of \"%s\" listed twice", e);
+                return -1;
+            }
+        }
+        list[(*count)++] = sp;
         return 0;
     }
     default:
@@ -941,6 +1031,8 @@ static int apply(struct cmtp_config *c, const struct key_def *k, const char *v, 
     case T_DOMAINS:
     case T_RELAYS:
     case T_NETWORKS:
+    case T_SENDERS:
+    case T_RESOLVERS:
         if (first)
             *(size_t *)((char *)c + k->count_off) = 0;
         return apply_list(c, k, v, why);
@@ -984,6 +1076,18 @@ static int apply(struct cmtp_config *c, const struct key_def *k, const char *v, 
     case T_FALLBACK:
         if (cmtp_fallback_parse(field, v, len) < 0) {
             snprintf(why, WHY_LEN, "\"%s\": use none, smtp-verified, smtp-tls or smtp", e);
+            return -1;
+        }
+        return 0;
+    case T_STARTTLS:
+        if (ieq(v, len, "none")) {
+            *(enum cmtp_smtpc_tls *)field = CMTP_SMTPC_TLS_NONE;
+        } else if (ieq(v, len, "may")) {
+            *(enum cmtp_smtpc_tls *)field = CMTP_SMTPC_TLS_MAY;
+        } else if (ieq(v, len, "require")) {
+            *(enum cmtp_smtpc_tls *)field = CMTP_SMTPC_TLS_REQUIRE;
+        } else {
+            snprintf(why, WHY_LEN, "\"%s\": use none, may or require", e);
             return -1;
         }
         return 0;
@@ -1276,11 +1380,19 @@ void cmtp_config_init(struct cmtp_config *c)
     c->delivery.mode = CMTP_DELIVERY_MAILDIR;
     snprintf(c->delivery.maildir, sizeof(c->delivery.maildir), "%s", CMTP_CONFIG_MAILDIR_DEFAULT);
     c->delivery.lmtp.kind = CMTP_CONFIG_SOCKET_NONE;
+    c->delivery.smtp.kind = CMTP_CONFIG_SOCKET_NONE;
+    c->delivery.smtp_starttls = CMTP_SMTPC_TLS_MAY;
+    c->delivery.smtp_tls_verify = false;
     c->delivery.concurrency_per_dest = CMTP_CONFIG_CONCURRENCY_PER_DEST_DEFAULT;
     c->delivery.retry_base_ms = CMTP_CONFIG_RETRY_BASE_MS_DEFAULT;
     c->delivery.retry_max_ms = CMTP_CONFIG_RETRY_MAX_MS_DEFAULT;
     c->delivery.lifetime_ms = CMTP_CONFIG_LIFETIME_MS_DEFAULT;
     c->delivery.attempts_crash_max = CMTP_CONFIG_ATTEMPTS_CRASH_MAX_DEFAULT;
+    c->delivery.enabled = true;
+    c->delivery.lease_ms = CMTP_CONFIG_LEASE_MS_DEFAULT;
+    c->delivery.dns_timeout_ms = CMTP_CONFIG_DNS_TIMEOUT_MS_DEFAULT;
+    c->delivery.cmtp_port = CMTP_PORT;
+    c->delivery.smtp_port = CMTP_CONFIG_SMTP_PORT_DEFAULT;
 
     snprintf(c->admin.socket, sizeof(c->admin.socket), "%s", CMTP_CONFIG_ADMIN_SOCKET_DEFAULT);
     c->admin.mode = CMTP_CONFIG_ADMIN_MODE_DEFAULT;
@@ -1301,6 +1413,8 @@ void cmtp_config_init(struct cmtp_config *c)
     c->smtp_ingress.policy_relay = CMTP_RELAY_NONE;
     c->smtp_ingress.policy_fallback = CMTP_FALLBACK_NONE;
     c->smtp_ingress.policy_hops = CMTP_HOPS_DEFAULT;
+    c->smtp_ingress.starttls = true;
+    c->smtp_ingress.policy_header = true;
 }
 
 /* check_fail writes |msg| into |err| and returns -EINVAL. */
@@ -1335,6 +1449,7 @@ int cmtp_config_check(const struct cmtp_config *c, char *err, size_t errlen)
         c->smtp_ingress.listen_count > CMTP_CONFIG_LISTEN_MAX ||
         c->delivery.local_domains_count > CMTP_CONFIG_LOCAL_DOMAINS_MAX ||
         c->delivery.relay_domains_count > CMTP_CONFIG_RELAY_DOMAINS_MAX ||
+        c->delivery.dns_servers_count > CMTP_CONFIG_DNS_SERVERS_MAX ||
         c->smtp_ingress.trusted_networks_count > CMTP_CONFIG_NETWORKS_MAX)
         return check_fail(err, errlen, "a list holds more entries than its maximum");
     if (c->limits.size_max < 1 || c->limits.size_max > CMTP_SIZE_MAX_HARD ||
@@ -1356,12 +1471,27 @@ int cmtp_config_check(const struct cmtp_config *c, char *err, size_t errlen)
         return check_fail(err, errlen, "[server] conn_per_ip_max must not exceed conn_max");
     if (c->delivery.retry_base_ms > c->delivery.retry_max_ms)
         return check_fail(err, errlen, "[delivery] retry_base must not exceed retry_max");
+    if (c->smtp_ingress.tls_required && !c->smtp_ingress.starttls)
+        return check_fail(err, errlen, "[smtp_ingress] tls_required needs starttls");
     if (c->delivery.retry_max_ms > c->delivery.lifetime_ms)
         return check_fail(err, errlen, "[delivery] retry_max must not exceed lifetime");
     if (c->delivery.mode == CMTP_DELIVERY_MAILDIR && c->delivery.maildir[0] == '\0')
         return check_fail(err, errlen, "[delivery] mode = maildir needs maildir");
     if (c->delivery.mode == CMTP_DELIVERY_LMTP && c->delivery.lmtp.kind == CMTP_CONFIG_SOCKET_NONE)
         return check_fail(err, errlen, "[delivery] mode = lmtp needs lmtp");
+    if (c->delivery.mode == CMTP_DELIVERY_SMTP && c->delivery.smtp.kind == CMTP_CONFIG_SOCKET_NONE)
+        return check_fail(err, errlen, "[delivery] mode = smtp needs smtp");
+    /* The reference identity must be a host name: smtp_tls_name, or smtp's host when a name. */
+    if (c->delivery.smtp_tls_verify && c->delivery.smtp_tls_name[0] == '\0' &&
+        c->delivery.smtp.kind != CMTP_CONFIG_SOCKET_NONE &&
+        (c->delivery.smtp.kind != CMTP_CONFIG_SOCKET_TCP ||
+         c->delivery.smtp.tcp.kind != CMTP_CONFIG_HOST_NAME))
+        return check_fail(err, errlen,
+                          "[delivery] smtp_tls_verify needs smtp_tls_name when smtp is not a "
+                          "host name");
+    if (c->delivery.smtp_tls_verify && c->delivery.smtp_starttls == CMTP_SMTPC_TLS_NONE)
+        return check_fail(err, errlen,
+                          "[delivery] smtp_tls_verify needs smtp_starttls may or require");
     for (size_t i = 0; i < c->delivery.relay_domains_count; i++) {
         for (size_t j = 0; j < c->delivery.local_domains_count; j++) {
             if (strcmp(c->delivery.relay_domains[i].domain, c->delivery.local_domains[j]) == 0) {

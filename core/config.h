@@ -11,12 +11,15 @@
 #include "core/envelope.h"
 #include "core/limits.h"
 #include "core/log.h"
+#include "core/smtp_client.h"
 
 /* Bounds of the list settings (docs/CONFIG.md). */
 #define CMTP_CONFIG_LISTEN_MAX 16         /* [server] listen, [smtp_ingress] listen */
 #define CMTP_CONFIG_LOCAL_DOMAINS_MAX 256 /* [delivery] local_domains */
 #define CMTP_CONFIG_RELAY_DOMAINS_MAX 256 /* [delivery] relay_domains */
 #define CMTP_CONFIG_NETWORKS_MAX 64       /* [smtp_ingress] trusted_networks */
+#define CMTP_CONFIG_DNS_SERVERS_MAX 8     /* [delivery] dns_servers */
+#define CMTP_CONFIG_SENDER_POLICY_MAX 256 /* [smtp_ingress] sender_policy */
 
 /* CMTP_CONFIG_PATH_MAX is the longest file path value, in octets (NUL excluded). */
 #define CMTP_CONFIG_PATH_MAX 255
@@ -48,6 +51,10 @@
 #define CMTP_CONFIG_RETRY_MAX_MS_DEFAULT (3600ull * 1000)
 #define CMTP_CONFIG_LIFETIME_MS_DEFAULT (5ull * 24 * 3600 * 1000)
 #define CMTP_CONFIG_ATTEMPTS_CRASH_MAX_DEFAULT 5
+#define CMTP_CONFIG_LEASE_MS_DEFAULT (5ull * 60 * 1000)
+#define CMTP_CONFIG_DNS_TIMEOUT_MS_DEFAULT 5000
+#define CMTP_CONFIG_DNS_PORT 53 /* the port of a dns_servers entry without one */
+#define CMTP_CONFIG_SMTP_PORT_DEFAULT 25
 #define CMTP_CONFIG_ADMIN_SOCKET_DEFAULT "./state/cmtpd.sock"
 #define CMTP_CONFIG_ADMIN_MODE_DEFAULT 0600
 #define CMTP_CONFIG_TRUSTED_NETWORKS_DEFAULT "127.0.0.0/8,::1/128"
@@ -99,11 +106,21 @@ struct cmtp_config_relay_domain {
     struct cmtp_config_endpoint nexthop;
 };
 
+/* cmtp_config_sender_policy is one entry of [smtp_ingress] sender_policy: the CMTP policy of
+ * mail from |domain| (lower-case A-labels) arriving over SMTP. |set| holds the
+ * CMTP_POLICY_SET_* bits (core/envelope.h) of the members the entry names; the others come from
+ * policy_relay, policy_fallback and policy_hops. */
+struct cmtp_config_sender_policy {
+    char domain[CMTP_DOMAIN_MAX + 1];
+    struct cmtp_policy policy;
+    unsigned set;
+};
+
 /* cmtp_delivery_mode is how mail this appliance is final for leaves it ([delivery] mode). */
 enum cmtp_delivery_mode {
     CMTP_DELIVERY_MAILDIR = 0, /* into the Maildir at [delivery] maildir */
     CMTP_DELIVERY_LMTP,        /* over LMTP to [delivery] lmtp */
-    CMTP_DELIVERY_SMTP,        /* over SMTP to the recipient domain's MX (or relay nexthop) */
+    CMTP_DELIVERY_SMTP,        /* over SMTP to [delivery] smtp (an internal mail host) */
     CMTP_DELIVERY_CMTP,        /* over CMTP to the recipient domain's servers (or nexthop) */
 };
 
@@ -165,6 +182,10 @@ struct cmtp_config {
         enum cmtp_delivery_mode mode;
         char maildir[CMTP_CONFIG_PATH_MAX + 1];
         struct cmtp_config_socket lmtp;
+        struct cmtp_config_socket smtp;    /* mode smtp: the internal SMTP host */
+        enum cmtp_smtpc_tls smtp_starttls; /* none, may (default) or require */
+        bool smtp_tls_verify;              /* verify the host's certificate when TLS is used */
+        char smtp_tls_name[CMTP_DOMAIN_MAX + 1]; /* its reference identity; "" = the host of smtp */
         char local_domains[CMTP_CONFIG_LOCAL_DOMAINS_MAX][CMTP_DOMAIN_MAX + 1];
         size_t local_domains_count; /* 0 = final for every domain */
         struct cmtp_config_relay_domain relay_domains[CMTP_CONFIG_RELAY_DOMAINS_MAX];
@@ -174,6 +195,16 @@ struct cmtp_config {
         uint64_t retry_max_ms;
         uint64_t lifetime_ms;
         unsigned attempts_crash_max;
+        bool enabled;      /* no: this node only ingests (no claims, no reports) */
+        uint64_t lease_ms; /* how long a claimed item is held before another node takes it over */
+        /* Routing by DNS (docs/CONFIG.md): resolvers (IP addresses; none = /etc/resolv.conf),
+         * the wait for one resolver's answer, the CMTP port of MX hosts and of a domain's own
+         * address, and the port of SMTP fallback. */
+        struct cmtp_config_endpoint dns_servers[CMTP_CONFIG_DNS_SERVERS_MAX];
+        size_t dns_servers_count;
+        uint64_t dns_timeout_ms;
+        unsigned cmtp_port;
+        unsigned smtp_port;
     } delivery;
     struct {
         char socket[CMTP_CONFIG_UNIX_PATH_MAX + 1];
@@ -195,6 +226,12 @@ struct cmtp_config {
         enum cmtp_relay policy_relay;
         enum cmtp_fallback policy_fallback;
         unsigned policy_hops;
+        struct cmtp_config_sender_policy sender_policy[CMTP_CONFIG_SENDER_POLICY_MAX];
+        size_t sender_policy_count;
+        bool starttls;       /* offer STARTTLS (with the [tls] certificate) */
+        bool tls_required;   /* refuse MAIL before STARTTLS */
+        bool policy_header;  /* honour a CMTP-Policy: header field of the message */
+        bool bare_lf_reject; /* refuse DATA with a bare LF instead of keeping it */
     } smtp_ingress;
 };
 
@@ -239,6 +276,12 @@ bool cmtp_config_domain_is_local(const struct cmtp_config *c, const char *domain
 /* cmtp_config_relay_for returns the relay_domains entry whose domain equals |domain|, or NULL. */
 const struct cmtp_config_relay_domain *cmtp_config_relay_for(const struct cmtp_config *c,
                                                              const char *domain);
+
+/* cmtp_config_sender_policy_for returns the sender_policy entry for |domain| (lower-case
+ * A-labels): an exact match, else the entry of the nearest parent domain (an entry for a.test
+ * covers x.a.test), else NULL. */
+const struct cmtp_config_sender_policy *cmtp_config_sender_policy_for(const struct cmtp_config *c,
+                                                                      const char *domain);
 
 /* cmtp_config_cidr_match reports whether the address |ip| (4 octets when |family| is 4, 16 when
  * 6) lies in network |n|. */

@@ -114,6 +114,8 @@ static int op_status(void *arg, const struct admin_request *req, json_t *out, ch
     json_object_set_new(out, "listeners", listeners);
     json_object_set_new(out, "host", json_string(d->hostname));
     json_object_set_new(out, "draining", json_boolean(atomic_load(&d->draining)));
+    json_object_set_new(out, "delivery",
+                        json_string(atomic_load(&d->delivery_paused) ? "paused" : "running"));
     json_object_set_new(redis, "address", json_string(d->redis_address));
     json_object_set_new(redis, "embedded", json_boolean(d->redis_pid > 0));
     wait = gather(d, err, errlen);
@@ -221,6 +223,30 @@ static int op_resume(void *arg, const struct admin_request *req, json_t *out, ch
             io_worker_post(d->workers[i]->io, cmtpd_worker_resume, d->workers[i]);
     CMTP_LOG(&d->log, CMTP_LOG_INFO, "resumed", cmtp_log_str("by", "admin"));
     json_object_set_new(out, "draining", json_false());
+    return 0;
+}
+
+/* op_delivery_pause and op_delivery_resume set cmtpd.delivery_paused: every worker's delivery
+ * engine reads it at its next tick (within DL_TICK_MS). */
+static int op_delivery_pause(void *arg, const struct admin_request *req, json_t *out, char *err,
+                             size_t errlen)
+{
+    struct cmtpd *d = arg;
+    (void)req, (void)err, (void)errlen;
+    if (!atomic_exchange(&d->delivery_paused, true))
+        CMTP_LOG(&d->log, CMTP_LOG_INFO, "delivery-paused", cmtp_log_str("by", "admin"));
+    json_object_set_new(out, "delivery", json_string("paused"));
+    return 0;
+}
+
+static int op_delivery_resume(void *arg, const struct admin_request *req, json_t *out, char *err,
+                              size_t errlen)
+{
+    struct cmtpd *d = arg;
+    (void)req, (void)err, (void)errlen;
+    if (atomic_exchange(&d->delivery_paused, false))
+        CMTP_LOG(&d->log, CMTP_LOG_INFO, "delivery-resumed", cmtp_log_str("by", "admin"));
+    json_object_set_new(out, "delivery", json_string("running"));
     return 0;
 }
 
@@ -668,6 +694,21 @@ static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen
     admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "refused"}}, 1,
                          SUM_CTR(d, refused));
     counter(&m, "cmtp_body_bytes_total", "Message body octets received.", SUM_CTR(d, body_bytes));
+    counter(&m, "cmtp_smtp_sessions_total", "SMTP ingress connections accepted.",
+            SUM_CTR(d, smtp_sessions));
+    counter(&m, "cmtp_smtp_untrusted_total",
+            "SMTP ingress connections refused: outside trusted_networks.",
+            SUM_CTR(d, smtp_untrusted));
+    admin_metrics_family(&m, "cmtp_smtp_messages_total", ADMIN_METRIC_COUNTER,
+                         "SMTP ingress messages by outcome at the end of data.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "accepted"}}, 1,
+                         SUM_CTR(d, smtp_accepted));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "deferred"}}, 1,
+                         SUM_CTR(d, smtp_tempfails));
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"outcome", "refused"}}, 1,
+                         SUM_CTR(d, smtp_refused));
+    counter(&m, "cmtp_smtp_body_bytes_total", "SMTP ingress body octets received.",
+            SUM_CTR(d, smtp_body_bytes));
     counter(&m, "cmtp_network_received_bytes_total", "Octets received (TLS records).", io.bytes_in);
     counter(&m, "cmtp_network_sent_bytes_total", "Octets sent (TLS records).", io.bytes_out);
     /* Redis, from the workers' own snapshots. */
@@ -696,8 +737,11 @@ static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen
         ds.delivered_maildir += w.delivered_maildir;
         ds.delivered_lmtp += w.delivered_lmtp;
         ds.delivered_cmtp += w.delivered_cmtp;
+        ds.delivered_smtp += w.delivered_smtp;
         ds.reports += w.reports;
         ds.inflight += w.inflight;
+        ds.connects += w.connects;
+        ds.reused += w.reused;
     }
     admin_metrics_family(&m, "cmtp_deliveries_total", ADMIN_METRIC_COUNTER,
                          "Recipient deliveries by outcome.");
@@ -712,7 +756,12 @@ static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen
                          ds.delivered_maildir);
     admin_metrics_uvalue(&m, (struct admin_label[]){{"transport", "lmtp"}}, 1, ds.delivered_lmtp);
     admin_metrics_uvalue(&m, (struct admin_label[]){{"transport", "cmtp"}}, 1, ds.delivered_cmtp);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"transport", "smtp"}}, 1, ds.delivered_smtp);
     counter(&m, "cmtp_reports_total", "Status reports sent to originators.", ds.reports);
+    counter(&m, "cmtp_delivery_connections_total", "Outbound delivery connections started.",
+            ds.connects);
+    counter(&m, "cmtp_delivery_connections_reused_total",
+            "Deliveries on a reused LMTP/SMTP connection.", ds.reused);
     gauge(&m, "cmtp_deliveries_inflight", "Deliveries in progress.", (double)ds.inflight);
     /* Queue depth and age, from the queue itself (worker 0's consumer). */
     json_t *qs = json_object();
@@ -798,6 +847,8 @@ int cmtpd_admin_start(struct cmtpd *d, char *err, size_t errlen)
         .reload = op_reload,
         .log_level = op_log_level,
         .metrics = op_metrics,
+        .delivery_pause = op_delivery_pause,
+        .delivery_resume = op_delivery_resume,
     };
     const struct cmtp_config *c = &d->cfg->c;
     struct admin_config ac = {

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "core/config.h"
@@ -56,6 +57,12 @@ struct cmtpd_counters {
     _Atomic uint64_t body_bytes;        /* body octets received */
     _Atomic uint64_t timeouts;          /* connections closed by a deadline */
     _Atomic uint64_t ip_refused;        /* connections refused by conn_per_ip_max */
+    _Atomic uint64_t smtp_sessions;     /* SMTP ingress connections accepted */
+    _Atomic uint64_t smtp_untrusted;    /* of those: refused, outside trusted_networks */
+    _Atomic uint64_t smtp_accepted;     /* SMTP ingress messages stored */
+    _Atomic uint64_t smtp_tempfails;    /* SMTP ingress end of data answered 451 */
+    _Atomic uint64_t smtp_refused;      /* SMTP ingress end of data answered 554 */
+    _Atomic uint64_t smtp_body_bytes;   /* SMTP ingress body octets received */
     /* commit_ms: END to the durable answer (Redis commit), per-bucket counts for the bounds of
      * CMTPD_COMMIT_BOUNDS_MS plus one above; commit_us_sum their sum in microseconds. */
     _Atomic uint64_t commit_ms[CMTPD_COMMIT_BUCKETS + 1];
@@ -74,8 +81,10 @@ struct cmtpd_delivery_counters {
     _Atomic uint64_t delivered_maildir; /* of the delivered: into the Maildir */
     _Atomic uint64_t delivered_lmtp;    /* of the delivered: over LMTP */
     _Atomic uint64_t delivered_cmtp;    /* of the delivered: over CMTP to a next hop */
+    _Atomic uint64_t delivered_smtp;    /* of the delivered: over SMTP (mode smtp, fallback) */
     _Atomic uint64_t connects;          /* outbound connections started */
     _Atomic uint64_t connect_failed;    /* of those: TCP connect or TLS handshake failed */
+    _Atomic uint64_t reused;            /* deliveries on a reused (pooled) LMTP/SMTP connection */
     _Atomic uint64_t body_bytes;        /* body octets handed to a transport */
     _Atomic uint64_t reports;           /* status reports and DSNs queued to originators */
     _Atomic uint64_t reports_skipped;   /* report items dropped: about a report (<>) */
@@ -87,8 +96,8 @@ struct cmtpd_delivery_counters {
 /* cmtpd_delivery_stats is a plain copy of struct cmtpd_delivery_counters. */
 struct cmtpd_delivery_stats {
     uint64_t attempts, delivered, deferred, bounced, relay_refused;
-    uint64_t delivered_maildir, delivered_lmtp, delivered_cmtp;
-    uint64_t connects, connect_failed, body_bytes, reports, reports_skipped, lost;
+    uint64_t delivered_maildir, delivered_lmtp, delivered_cmtp, delivered_smtp;
+    uint64_t connects, connect_failed, reused, body_bytes, reports, reports_skipped, lost;
     uint64_t completion_errors, inflight;
 };
 
@@ -99,6 +108,10 @@ struct cmtpd_delivery;
  * the one it uses, so a reload swaps in a new one while sessions on the old go on. Immutable. */
 struct cmtpd_cfg {
     _Atomic unsigned refs;
+    /* smtp_tls is the SMTP ingress's STARTTLS context (the [tls] certificate, no ALPN), or NULL
+     * when there is no SMTP listener or starttls is off. A reference, dropped with the last
+     * reference to the configuration. */
+    struct tls_ctx *smtp_tls;
     struct cmtp_config c;
 };
 
@@ -120,6 +133,7 @@ struct cmtpd_worker {
     unsigned id;
     struct cmtpd_sess *sessions; /* intrusive list of live sessions */
     unsigned n_sessions;
+    struct cmtpd_smtp *smtp_sessions; /* intrusive list of live SMTP ingress sessions */
     bool draining;
     struct cmtpd_counters ctr;
     struct cmtpd_delivery *dl;           /* the delivery engine (daemon/delivery.c), or NULL */
@@ -151,6 +165,10 @@ struct cmtpd {
     struct admin_server *admin;
     struct admin_http *metrics_http;
     _Atomic bool draining; /* drain requested (signal or admin); resume clears it */
+    /* delivery_paused stops every worker's delivery engine from claiming new work and taking
+     * report items ([delivery] enabled = no, `cmtpctl delivery pause`); deliveries in flight
+     * finish. Cleared by `cmtpctl delivery resume`. */
+    _Atomic bool delivery_paused;
 };
 
 /* cmtpd_reload loads the configuration and certificates again (see cmtpd_main.c). Takes
@@ -178,7 +196,28 @@ struct queue_consumer;
 enum cmtpd_conn_kind {
     CMTPD_CONN_CMTP_SERVER = 0, /* an inbound CMTP session (session.c) */
     CMTPD_CONN_DELIVERY,        /* an outbound delivery connection (delivery.c) */
+    CMTPD_CONN_SMTP_INGRESS,    /* an inbound SMTP ingress session (smtp_ingress.c) */
 };
+
+/* The listener tag (io_engine_listen) of an [smtp_ingress] listener; [server] listeners have
+ * NULL. */
+#define CMTPD_LISTENER_SMTP ((void *)(uintptr_t)CMTPD_CONN_SMTP_INGRESS)
+
+struct cmtpd_smtp;
+
+/* cmtpd_smtp_on_accept starts an SMTP ingress session on |c| (an [smtp_ingress] listener's
+ * connection): the greeting, or `554 5.7.1` and close for a peer outside trusted_networks.
+ * Returns 0, or a negative errno to refuse the connection. The other callbacks are those of
+ * struct io_conn_ops for connections whose context starts with CMTPD_CONN_SMTP_INGRESS. */
+int cmtpd_smtp_on_accept(struct io_conn *c);
+void cmtpd_smtp_on_data(struct io_conn *c, const uint8_t *data, size_t len);
+void cmtpd_smtp_on_send_done(struct io_conn *c, void *cookie, int res);
+void cmtpd_smtp_on_timeout(struct io_conn *c);
+void cmtpd_smtp_on_close(struct io_conn *c, int reason);
+
+/* cmtpd_smtp_drain asks every SMTP ingress session of |w| to close with `421 4.3.2` at its next
+ * command boundary. Runs on |w|'s thread. */
+void cmtpd_smtp_drain(struct cmtpd_worker *w);
 
 /* The delivery engine's connection callbacks, called by session.c's table for connections whose
  * context starts with CMTPD_CONN_DELIVERY (same contracts as struct io_conn_ops). */
@@ -211,6 +250,10 @@ const struct io_conn_ops *cmtpd_conn_ops(void);
 /* cmtpd_worker_drain asks every session of |w| to finish at its next command boundary with
  * `421 shutting-down`. Runs on |w|'s thread (posted by the main thread). */
 void cmtpd_worker_drain(void *w);
+
+/* cmtpd_peer_text writes the address of |ss| (IPv4 or IPv6) as text into |out| (|len| octets;
+ * "" for another family). */
+void cmtpd_peer_text(const struct sockaddr_storage *ss, char *out, size_t len);
 
 /* cmtpd_queue_loop fills |out| with the queue's event-loop binding on io worker |io|. */
 void cmtpd_queue_loop(struct queue_loop *out, struct io_worker *io);

@@ -88,8 +88,9 @@ static int mkdir_p(const char *path, mode_t mode)
     return 0;
 }
 
-/* load_tls builds the server TLS context from the config (state_dir/tls/ when unset). */
-static struct tls_ctx *load_tls(const struct cmtp_config *cfg, char *err, size_t errlen)
+/* load_tls builds a server TLS context from the config (state_dir/tls/ when unset): for CMTP, or
+ * with |smtp| for the SMTP ingress's STARTTLS (no ALPN). */
+static struct tls_ctx *load_tls(const struct cmtp_config *cfg, bool smtp, char *err, size_t errlen)
 {
     char cert[PATH_MAX], key[PATH_MAX];
     struct tls_server_config tc = {0};
@@ -108,6 +109,7 @@ static struct tls_ctx *load_tls(const struct cmtp_config *cfg, char *err, size_t
     tc.client_auth = cfg->tls.require_client_cert ? TLS_CLIENT_AUTH_REQUIRED
                      : cfg->tls.ca[0]             ? TLS_CLIENT_AUTH_OPTIONAL
                                                   : TLS_CLIENT_AUTH_NONE;
+    tc.no_alpn = smtp;
     return tls_server_ctx_new(&tc, err, errlen);
 }
 
@@ -117,6 +119,35 @@ static void endpoint_text(const struct cmtp_config_endpoint *e, char *out, size_
         snprintf(out, len, "[%s]:%u", e->host, e->port);
     else
         snprintf(out, len, "%s:%u", e->host, e->port);
+}
+
+/* bind_listeners opens the |n| listeners |eps| on |d|'s engine with listener tag |tag| and logs
+ * each (|proto| names the protocol). Returns 0, or -1 after printing why. */
+static int bind_listeners(struct cmtpd *d, const struct cmtp_config_endpoint *eps, size_t n,
+                          void *tag, const char *proto)
+{
+    for (size_t i = 0; i < n; i++) {
+        char where[CMTP_DOMAIN_MAX + 16];
+        endpoint_text(&eps[i], where, sizeof(where));
+        int port = io_engine_listen(d->engine, eps[i].host, eps[i].port, tag);
+        if (port < 0) {
+            fprintf(stderr, "cmtpd: listen %s (%s): %s\n", where, proto, strerror(-port));
+            return -1;
+        }
+        CMTP_LOG(&d->log, CMTP_LOG_INFO, "listening", cmtp_log_str("address", where),
+                 cmtp_log_int("port", port), cmtp_log_str("proto", proto));
+    }
+    return 0;
+}
+
+/* load_smtp_tls gives |g| the SMTP ingress's STARTTLS context when it has an SMTP listener with
+ * starttls on. Returns 0 or -EINVAL with the reason in |err|. */
+static int load_smtp_tls(struct cmtpd_cfg *g, char *err, size_t errlen)
+{
+    if (g->c.smtp_ingress.listen_count == 0 || !g->c.smtp_ingress.starttls)
+        return 0;
+    g->smtp_tls = load_tls(&g->c, true, err, errlen);
+    return g->smtp_tls != NULL ? 0 : -EINVAL;
 }
 
 /* drain_wait waits until every worker has no session left, or the drain timeout passes. */
@@ -246,8 +277,9 @@ int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
     struct tls_ctx *tls;
     if (g == NULL)
         return -EINVAL;
-    tls = load_tls(&g->c, err, errlen);
-    if (tls == NULL) {
+    tls = load_tls(&g->c, false, err, errlen);
+    if (tls == NULL || load_smtp_tls(g, err, errlen) < 0) {
+        tls_ctx_unref(tls);
         cmtpd_cfg_unref(g);
         return -EINVAL;
     }
@@ -255,12 +287,16 @@ int cmtpd_reload(struct cmtpd *d, char *err, size_t errlen)
     const struct cmtp_config *o = &d->cfg->c;
     if (memcmp(o->server.listen, g->c.server.listen, sizeof(o->server.listen)) != 0 ||
         o->server.listen_count != g->c.server.listen_count ||
+        memcmp(o->smtp_ingress.listen, g->c.smtp_ingress.listen, sizeof(o->smtp_ingress.listen)) !=
+            0 ||
+        o->smtp_ingress.listen_count != g->c.smtp_ingress.listen_count ||
         o->server.workers != g->c.server.workers ||
         memcmp(&o->redis.address, &g->c.redis.address, sizeof(o->redis.address)) != 0 ||
         strcmp(o->server.state_dir, g->c.server.state_dir) != 0 ||
         strcmp(o->server.user, g->c.server.user) != 0)
         CMTP_LOG(&d->log, CMTP_LOG_WARN, "reload-needs-restart",
-                 cmtp_log_str("what", "listen, workers, redis, state_dir or user changed"));
+                 cmtp_log_str("what", "listen, smtp_ingress listen, workers, redis, state_dir or "
+                                      "user changed"));
     for (unsigned i = 0; i < d->n_workers; i++) {
         struct reload_post *rp;
         if (d->workers[i] == NULL || (rp = malloc(sizeof(*rp))) == NULL)
@@ -412,8 +448,8 @@ int main(int argc, char **argv)
     if (d->ip_conns == NULL)
         goto out;
     /* Keys are read while we are still root; nothing reads them later but a reload. */
-    d->tls = load_tls(c, err, sizeof(err));
-    if (d->tls == NULL) {
+    d->tls = load_tls(c, false, err, sizeof(err));
+    if (d->tls == NULL || load_smtp_tls(d->cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "cmtpd: TLS: %s\n", err);
         goto out;
     }
@@ -474,18 +510,10 @@ int main(int argc, char **argv)
         goto out;
     }
     /* Bind every listener while still privileged (ports below 1024). */
-    for (size_t i = 0; i < c->server.listen_count; i++) {
-        const struct cmtp_config_endpoint *e = &c->server.listen[i];
-        char where[CMTP_DOMAIN_MAX + 16];
-        endpoint_text(e, where, sizeof(where));
-        int port = io_engine_listen(d->engine, e->host, e->port, NULL);
-        if (port < 0) {
-            fprintf(stderr, "cmtpd: listen %s: %s\n", where, strerror(-port));
-            goto out;
-        }
-        CMTP_LOG(&d->log, CMTP_LOG_INFO, "listening", cmtp_log_str("address", where),
-                 cmtp_log_int("port", port), cmtp_log_str("proto", "cmtp/1"));
-    }
+    if (bind_listeners(d, c->server.listen, c->server.listen_count, NULL, "cmtp/1") < 0 ||
+        bind_listeners(d, c->smtp_ingress.listen, c->smtp_ingress.listen_count, CMTPD_LISTENER_SMTP,
+                       "smtp") < 0)
+        goto out;
     if (drop_privileges(c, err, sizeof(err)) < 0) {
         fprintf(stderr, "cmtpd: %s\n", err);
         goto out;

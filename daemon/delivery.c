@@ -1,6 +1,6 @@
 /* daemon/delivery.c — the delivery engine of one worker: claims due work from the queue consumer,
  * routes each recipient, runs a transport per lease and records the outcomes. Not the transports
- * themselves (delivery_{maildir,lmtp,cmtp}.c) and not the reports (delivery_report.c). */
+ * themselves (delivery_{maildir,smtp,cmtp}.c) and not the reports (delivery_report.c). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -15,29 +15,38 @@
 #include <openssl/sha.h>
 
 #include "core/dsn.h"
-#include "daemon/delivery_internal.h"
+#include "daemon/delivery_route.h"
 
 /* How it works (one engine per worker, everything on the worker's ring):
  *
- * - A tick (DL_TICK_MS, at once again after a full claim or a completion) claims up to
- *   DL_CLAIM_BATCH work items while fewer than DL_INFLIGHT_MAX are in flight, completes finished
- *   jobs, renews leases with less than a third of lease_ms left, and takes report items. Claims
- *   stop while the worker drains. cmtpd_delivery_stop abandons what is in flight: the leases
- *   expire (lease_ms, 5 minutes: [delivery] has no setting for it yet) and any node, this one
- *   after a restart, takes the work over, counting a crashed attempt.
+ * - A tick claims up to DL_CLAIM_BATCH work items while fewer than DL_INFLIGHT_MAX are in
+ *   flight, completes finished jobs, renews leases with less than a third of lease_ms left, and
+ *   takes report items. It runs every DL_TICK_MS, and at once when a claim came back full, when
+ *   a job's transport ended (its completion is recorded) and when a completion was recorded (its
+ *   slot, and its destination's concurrency slot, are free: claim again now rather than at the
+ *   next period; a completion while a claim is in flight makes that claim's callback claim
+ *   again). So a busy engine claims back to back, one claim in flight at a time, and an idle one
+ *   looks at the queue every DL_TICK_MS. Claims stop while the worker drains and while delivery
+ *   is paused ([delivery] enabled = no, `cmtpctl delivery pause`: report items wait too; jobs in
+ *   flight finish). cmtpd_delivery_stop abandons what is in flight: the leases expire
+ *   ([delivery] lease) and any node, this one after a restart, takes the work over, counting a
+ *   crashed attempt.
  * - Routing, per recipient of a lease: a relay recipient (we answered `251 relay`) goes over
  *   CMTP to its relay_domains next hop; a recipient of a local domain goes to the final
- *   transport of [delivery] mode (maildir or lmtp; smtp and cmtp are not supported yet: a
- *   temporary "no-route"); a recipient we answered `250 final` for that is no longer local fails
- *   permanently as relay-refused (PROTOCOL.md 7.2); other mail (made here: reports, or the SMTP
- *   ingress) goes over CMTP when relay_domains has a route, else it waits ("no-route": DNS
- *   routing is a later step). The first deliverable route is the job's transport; recipients
- *   of another route wait for the next attempt.
- * - Next hops must be IP addresses or "localhost" (127.0.0.1): a name would need a resolver
- *   call, and a blocking getaddrinfo is not allowed on a worker. The certificate is verified
- *   for the next= we announced (a host name, or the recipient's domain for an IP route), which
- *   is also the SNI; trust anchors are [tls] ca when set, else the system store; no client
- *   certificate is presented.
+ *   transport of [delivery] mode (maildir, lmtp, or smtp to the internal host [delivery] smtp;
+ *   cmtp is not supported yet: a temporary "no-route"); a recipient we answered `250 final`
+ *   for that is no longer local fails permanently as relay-refused (PROTOCOL.md 7.2); other
+ *   mail (made here: reports, or the SMTP ingress) goes over CMTP when relay_domains has a
+ *   route, else it is routed by DNS to the recipient's domain. The first deliverable route is
+ *   the job's transport; recipients of another route wait for the next attempt.
+ * - A next hop that is an IP address or "localhost" (127.0.0.1) is used as it is; a host name
+ *   N, and a domain without a static route, are routed by DNS (PROTOCOL.md 16: SRV, MX, the
+ *   name itself) on the worker's c-ares resolver, never blocking: delivery_route.c tries the
+ *   hosts in turn and decides SMTP fallback (PROTOCOL.md 14). The certificate is verified for
+ *   the next= we announced (a host name, or the recipient's domain for an IP route), or the
+ *   recipient's domain for mail routed by DNS (no answer is DNSSEC-validated: never an SRV
+ *   target or MX host name), which is also the SNI; trust anchors are [tls] ca when set, else
+ *   the system store; no client certificate is presented.
  * - CMTP: a TXN of our own per hop, derived from (qid, destination, recipients) so that a retry
  *   after a lost reply is the same transaction (PROTOCOL.md 10.3, 10.4) and a retry for fewer
  *   recipients a new one; as a relay HOPS - 1 and our TRACE record (role relay) appended; the
@@ -45,8 +54,15 @@
  *   accepted -> delivered; RCPT 4xx -> temporary, 5xx -> permanent (551 relay-denied and 554
  *   hops-exceeded as relay-refused); a 251 the policy forbids is DROPped (relay-refused);
  *   connection, TLS or protocol failure -> temporary for every open recipient.
- * - Final delivery (Maildir, LMTP) writes one CMTP-Trace field: the records received plus ours
- *   (role final) when the message came in over CMTP; none for mail made here.
+ * - Final delivery (Maildir, LMTP, SMTP to [delivery] smtp) writes one CMTP-Trace field: the
+ *   records received plus ours (role final) when the message came in over CMTP; none for mail
+ *   made here, nor for an SMTP fallback (which logs a fallback record, delivery_smtp.c).
+ * - LMTP and SMTP connections are reused (delivery_smtp.c, docs/SMTP-INGRESS.md 2.5): a clean
+ *   transaction parks its connection in the worker's idle pool (dl->pool, keyed by endpoint)
+ *   instead of QUIT, and the next job for the endpoint takes it; the connection callbacks below
+ *   hand a parked connection to the pool, a job's connection that turns out stale before its
+ *   first reply is tried again once on a fresh one (on_close), and the tick QUITs the idle
+ *   connections while the worker drains.
  * - One log line per recipient outcome (delivered / deferred / bounced) with qid, txn, out_txn,
  *   rcpt, dest, transport, peer and the reply; counters in w->dctr. */
 
@@ -115,8 +131,10 @@ void cmtpd_delivery_get_stats(const struct cmtpd_worker *w, struct cmtpd_deliver
     DL_LD(delivered_maildir);
     DL_LD(delivered_lmtp);
     DL_LD(delivered_cmtp);
+    DL_LD(delivered_smtp);
     DL_LD(connects);
     DL_LD(connect_failed);
+    DL_LD(reused);
     DL_LD(body_bytes);
     DL_LD(reports);
     DL_LD(reports_skipped);
@@ -138,6 +156,8 @@ static const char *transport_name(enum dl_transport t)
         return "maildir";
     case DL_TR_LMTP:
         return "lmtp";
+    case DL_TR_SMTP:
+        return "smtp";
     case DL_TR_CMTP:
         return "cmtp";
     case DL_TR_NONE:
@@ -377,25 +397,35 @@ void cmtpd_delivery_on_connect(struct io_conn *c, int res)
         return;
     if (res < 0)
         ctr_add(&j->dl->w->dctr.connect_failed, 1);
-    if (j->tr == DL_TR_LMTP)
-        cmtpd_delivery_lmtp_on_connect(j, res);
+    if (j->tr == DL_TR_LMTP || j->tr == DL_TR_SMTP)
+        cmtpd_delivery_smtp_on_connect(j, res);
     else if (j->tr == DL_TR_CMTP)
         cmtpd_delivery_cmtp_on_connect(j, res);
 }
 
 void cmtpd_delivery_on_data(struct io_conn *c, const uint8_t *data, size_t len)
 {
+    struct dl_pconn *p = cmtpd_delivery_pool_of(c);
+    if (p != NULL) {
+        cmtpd_delivery_pool_on_data(p, data, len);
+        return;
+    }
     struct dl_job *j = conn_job(c);
     if (j == NULL || j->closing)
         return;
-    if (j->tr == DL_TR_LMTP)
-        cmtpd_delivery_lmtp_on_data(j, data, len);
+    if (j->tr == DL_TR_LMTP || j->tr == DL_TR_SMTP)
+        cmtpd_delivery_smtp_on_data(j, data, len);
     else if (j->tr == DL_TR_CMTP)
         cmtpd_delivery_cmtp_on_data(j, data, len);
 }
 
 void cmtpd_delivery_on_send_done(struct io_conn *c, void *cookie, int res)
 {
+    struct dl_pconn *p = cmtpd_delivery_pool_of(c);
+    if (p != NULL) {
+        cmtpd_delivery_pool_on_send_done(p, res);
+        return;
+    }
     struct dl_job *j = conn_job(c);
     (void)cookie;
     if (j == NULL)
@@ -413,14 +443,19 @@ void cmtpd_delivery_on_send_done(struct io_conn *c, void *cookie, int res)
         cmtpd_delivery_send(j);
         return;
     }
-    if (j->tr == DL_TR_LMTP)
-        cmtpd_delivery_lmtp_pump(j);
+    if (j->tr == DL_TR_LMTP || j->tr == DL_TR_SMTP)
+        cmtpd_delivery_smtp_pump(j);
     else if (j->tr == DL_TR_CMTP)
         cmtpd_delivery_cmtp_pump(j);
 }
 
 void cmtpd_delivery_on_timeout(struct io_conn *c)
 {
+    struct dl_pconn *p = cmtpd_delivery_pool_of(c);
+    if (p != NULL) {
+        cmtpd_delivery_pool_on_timeout(p);
+        return;
+    }
     struct dl_job *j = conn_job(c);
     char why[QUEUE_REASON_MAX];
     if (j == NULL)
@@ -435,6 +470,11 @@ void cmtpd_delivery_on_timeout(struct io_conn *c)
 
 void cmtpd_delivery_on_close(struct io_conn *c, int reason)
 {
+    struct dl_pconn *p = cmtpd_delivery_pool_of(c);
+    if (p != NULL) {
+        cmtpd_delivery_pool_on_close(p);
+        return;
+    }
     struct dl_job *j = conn_job(c);
     char why[QUEUE_REASON_MAX];
     if (j == NULL)
@@ -443,6 +483,10 @@ void cmtpd_delivery_on_close(struct io_conn *c, int reason)
     j->c = NULL;
     j->send_inflight = false;
     io_conn_set_ctx(c, NULL);
+    /* A pooled connection the server had closed meanwhile: once more on a fresh one. */
+    if (!j->finishing && !j->dl->stopping && reason != IO_CLOSE_SHUTDOWN &&
+        cmtpd_delivery_smtp_stale_retry(j))
+        return;
     if (!j->finishing) {
         cmtpd_delivery_why(why, sizeof(why), "connection to %s lost: %s", j->peer,
                            reason == IO_CLOSE_EOF ? "closed by the peer" : strerror(-reason));
@@ -458,9 +502,11 @@ void cmtpd_delivery_on_close(struct io_conn *c, int reason)
 /* dl_route is where one recipient goes. */
 struct dl_route {
     enum dl_transport tr;
-    const struct cmtp_config_relay_domain *rd; /* CMTP */
+    const struct cmtp_config_relay_domain *rd; /* CMTP: the static route, or NULL */
     bool relay_hop;                            /* CMTP: carried on as a relay */
     char name[CMTP_DOMAIN_MAX + 1];            /* CMTP: the name the certificate must match */
+    char qname[CMTP_DOMAIN_MAX + 1];           /* CMTP: the domain routed by DNS, or "" */
+    uint16_t port;                             /* CMTP by DNS: the port of |qname| itself */
 };
 
 /* route_res is what routing decided for one recipient. */
@@ -480,10 +526,14 @@ static enum route_res route_cmtp(struct dl_route *rt, const struct cmtp_config_r
     rt->rd = rd;
     rt->relay_hop = relay_hop;
     if (e->kind == CMTP_CONFIG_HOST_NAME && strcmp(e->host, "localhost") != 0) {
-        /* Resolving would block the worker; the asynchronous resolver comes with DNS routing. */
-        cmtpd_delivery_why(why, whylen,
-                           "no-route: next hop %s needs a DNS lookup (not supported yet)", e->host);
-        return RT_TEMP;
+        /* A host name: routed by DNS like a domain (SRV, MX, then its own address on the
+         * entry's port), on the worker's resolver (delivery_route.c). */
+        if (cmtp_addr_domain_normalize(rt->qname, sizeof(rt->qname), e->host, strlen(e->host)) !=
+            CMTP_ADDR_OK) {
+            cmtpd_delivery_why(why, whylen, "no-route: next hop %s is not a host name", e->host);
+            return RT_TEMP;
+        }
+        rt->port = e->port;
     }
     /* The reference identity (PROTOCOL.md 2.3, 7.2): the next= this server announced for a
      * relay recipient (the name it promised to verify); otherwise the static route's host name,
@@ -518,6 +568,8 @@ static enum route_res route_rcpt(const struct dl_job *j, const struct queue_rcpt
             rt->tr = DL_TR_LMTP;
             return RT_OK;
         case CMTP_DELIVERY_SMTP:
+            rt->tr = DL_TR_SMTP; /* to [delivery] smtp, the internal mail host */
+            return RT_OK;
         case CMTP_DELIVERY_CMTP:
             break;
         }
@@ -533,10 +585,16 @@ static enum route_res route_rcpt(const struct dl_job *j, const struct queue_rcpt
     }
     if (rd != NULL)
         return route_cmtp(rt, rd, r, r->role == CMTP_ROLE_RELAY, why, whylen);
-    cmtpd_delivery_why(why, whylen,
-                       "no-route: no static CMTP route for %s (DNS routing not supported yet)",
-                       r->addr.domain);
-    return RT_TEMP;
+    /* No static route: routing by DNS (PROTOCOL.md 16) to the recipient's domain, or for a
+     * relay recipient whose route was removed since, to the next= we announced (the only host
+     * we promised to carry it to). Both are also the reference identity. */
+    rt->tr = DL_TR_CMTP;
+    rt->relay_hop = r->role == CMTP_ROLE_RELAY;
+    snprintf(rt->name, sizeof(rt->name), "%s",
+             rt->relay_hop && r->next_hop[0] != '\0' ? r->next_hop : r->addr.domain);
+    snprintf(rt->qname, sizeof(rt->qname), "%s", rt->name);
+    rt->port = (uint16_t)cfg->delivery.cmtp_port;
+    return RT_OK;
 }
 
 static bool route_same(const struct dl_route *a, const struct dl_route *b)
@@ -545,7 +603,8 @@ static bool route_same(const struct dl_route *a, const struct dl_route *b)
         return false;
     if (a->tr != DL_TR_CMTP)
         return true;
-    return a->rd == b->rd && a->relay_hop == b->relay_hop && strcmp(a->name, b->name) == 0;
+    return a->rd == b->rd && a->relay_hop == b->relay_hop && strcmp(a->name, b->name) == 0 &&
+           strcmp(a->qname, b->qname) == 0 && a->port == b->port;
 }
 
 static void endpoint_text(const struct cmtp_config_endpoint *e, char *out, size_t len)
@@ -554,6 +613,26 @@ static void endpoint_text(const struct cmtp_config_endpoint *e, char *out, size_
         snprintf(out, len, "[%s]:%u", e->host, e->port);
     else
         snprintf(out, len, "%s:%u", e->host, e->port);
+}
+
+/* route_socket points |j| at the [delivery] lmtp or smtp setting |s|: j->sa and j->sa_len (0
+ * for a host name other than localhost: resolving would block, the transport fails it as
+ * no-route) and the peer text. */
+static void route_socket(struct dl_job *j, const struct cmtp_config_socket *s)
+{
+    j->sa_len = 0;
+    if (s->kind == CMTP_CONFIG_SOCKET_UNIX) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&j->sa;
+        memset(&j->sa, 0, sizeof(j->sa));
+        un->sun_family = AF_UNIX;
+        snprintf(un->sun_path, sizeof(un->sun_path), "%s", s->path);
+        j->sa_len = (socklen_t)sizeof(*un);
+        snprintf(j->peer, sizeof(j->peer), "unix:%.200s", s->path);
+    } else {
+        if (s->tcp.kind != CMTP_CONFIG_HOST_NAME || strcmp(s->tcp.host, "localhost") == 0)
+            j->sa_len = cmtpd_delivery_endpoint_sa(&s->tcp, &j->sa);
+        endpoint_text(&s->tcp, j->peer, sizeof(j->peer));
+    }
 }
 
 /* route_job routes every recipient of |j|: the first deliverable route becomes the job's
@@ -593,14 +672,32 @@ static void route_job(struct dl_job *j)
     case DL_TR_CMTP:
         j->relay_hop = first.relay_hop;
         snprintf(j->tls_name, sizeof(j->tls_name), "%s", first.name);
-        j->sa_len = cmtpd_delivery_endpoint_sa(&first.rd->nexthop, &j->sa);
-        endpoint_text(&first.rd->nexthop, j->peer, sizeof(j->peer));
+        if (first.qname[0] == '\0') {
+            j->sa_len = cmtpd_delivery_endpoint_sa(&first.rd->nexthop, &j->sa);
+            endpoint_text(&first.rd->nexthop, j->peer, sizeof(j->peer));
+        } else {
+            snprintf(j->peer, sizeof(j->peer), "dns:%s", first.qname);
+        }
+        if (cmtpd_delivery_route_prepare(j, first.qname, first.port,
+                                         first.qname[0] == '\0' ? &first.rd->nexthop : NULL) < 0) {
+            cmtpd_delivery_fail_open(j, QUEUE_CONSUMER_TEMPFAIL, "out of memory");
+            j->tr = DL_TR_NONE;
+        }
         break;
     case DL_TR_LMTP:
-        if (cfg->delivery.lmtp.kind == CMTP_CONFIG_SOCKET_UNIX)
-            snprintf(j->peer, sizeof(j->peer), "unix:%.200s", cfg->delivery.lmtp.path);
-        else
-            endpoint_text(&cfg->delivery.lmtp.tcp, j->peer, sizeof(j->peer));
+        route_socket(j, &cfg->delivery.lmtp);
+        break;
+    case DL_TR_SMTP:
+        /* mode smtp: [delivery] smtp, verified (when asked) for smtp_tls_name, else its host
+         * when it is a name. */
+        route_socket(j, &cfg->delivery.smtp);
+        j->smtp_fallback = false;
+        j->tls_name[0] = '\0';
+        if (cfg->delivery.smtp_tls_name[0] != '\0')
+            snprintf(j->tls_name, sizeof(j->tls_name), "%s", cfg->delivery.smtp_tls_name);
+        else if (cfg->delivery.smtp.kind == CMTP_CONFIG_SOCKET_TCP &&
+                 cfg->delivery.smtp.tcp.kind == CMTP_CONFIG_HOST_NAME)
+            snprintf(j->tls_name, sizeof(j->tls_name), "%s", cfg->delivery.smtp.tcp.host);
         break;
     case DL_TR_MAILDIR:
         snprintf(j->peer, sizeof(j->peer), "maildir");
@@ -625,8 +722,9 @@ static void dl_job_free(struct dl_job *j)
     dl->n_jobs--;
     ctr_sub(&dl->w->dctr.inflight, 1);
     cmtpd_delivery_maildir_cleanup(j);
-    cmtpd_delivery_lmtp_cleanup(j);
+    cmtpd_delivery_smtp_cleanup(j);
     cmtpd_delivery_cmtp_cleanup(j);
+    cmtpd_delivery_route_cleanup(j);
     cmtpd_delivery_body_rewind(j);
     queue_consumer_lease_abandon(j->lease);
     if (j->chunk != NULL) {
@@ -668,6 +766,16 @@ static const char *done_status_name(enum queue_consumer_done_status s)
     return "error";
 }
 
+/* dl_claim_soon makes the engine claim again as soon as it may: at once, or when the claim in
+ * flight comes back. */
+static void dl_claim_soon(struct cmtpd_delivery *dl)
+{
+    if (dl->claiming)
+        dl->claim_again = true;
+    else
+        dl_schedule(dl, 0);
+}
+
 static void dl_done_cb(void *arg, const struct queue_consumer_done_result *r)
 {
     struct dl_job *j = arg;
@@ -681,6 +789,7 @@ static void dl_done_cb(void *arg, const struct queue_consumer_done_result *r)
             ctr_add(&ct->delivered, 1);
             ctr_add(j->tr == DL_TR_MAILDIR ? &ct->delivered_maildir
                     : j->tr == DL_TR_LMTP  ? &ct->delivered_lmtp
+                    : j->tr == DL_TR_SMTP  ? &ct->delivered_smtp
                                            : &ct->delivered_cmtp,
                     1);
             break;
@@ -713,7 +822,7 @@ static void dl_done_cb(void *arg, const struct queue_consumer_done_result *r)
                  cmtp_log_str("dest", j->dest), cmtp_log_int("at_ms", r->next_attempt_ms),
                  cmtp_log_uint("pending", r->pending));
     dl_job_free(j);
-    dl_schedule(dl, dl->more ? 0 : DL_TICK_MS);
+    dl_claim_soon(dl);
 }
 
 /* dl_done_send hands |j|'s outcomes to the consumer; on refusal the tick tries again. */
@@ -751,8 +860,9 @@ static void dl_complete(struct dl_job *j)
         rc_decide(&j->rc[i], QUEUE_CONSUMER_TEMPFAIL,
                   j->rc[i].st == DL_R_ACCEPTED ? "no reply to END" : "no outcome");
     cmtpd_delivery_maildir_cleanup(j);
-    cmtpd_delivery_lmtp_cleanup(j);
+    cmtpd_delivery_smtp_cleanup(j);
     cmtpd_delivery_cmtp_cleanup(j);
+    cmtpd_delivery_route_cleanup(j);
     cmtpd_delivery_body_rewind(j);
     dl_done_send(j);
 }
@@ -800,10 +910,11 @@ static void dl_job_start(struct cmtpd_delivery *dl, struct queue_consumer_lease 
         cmtpd_delivery_maildir_start(j);
         break;
     case DL_TR_LMTP:
-        cmtpd_delivery_lmtp_start(j);
+    case DL_TR_SMTP:
+        cmtpd_delivery_smtp_start(j);
         break;
     case DL_TR_CMTP:
-        cmtpd_delivery_cmtp_start(j);
+        cmtpd_delivery_route_start(j);
         break;
     }
     return;
@@ -827,6 +938,7 @@ static void dl_claim_cb(void *arg, int err, struct queue_consumer_lease **leases
     dl->claiming = false;
     if (err < 0) {
         dl->more = false;
+        dl->claim_again = false;
         CMTP_LOG(cmtpd_delivery_log(dl), CMTP_LOG_DEBUG, "claim-failed",
                  cmtp_log_str("reason", strerror(-err)));
         return;
@@ -834,8 +946,9 @@ static void dl_claim_cb(void *arg, int err, struct queue_consumer_lease **leases
     for (size_t i = 0; i < n; i++)
         dl_job_start(dl, leases[i]);
     dl->more = n > 0 && n >= dl->claim_asked;
-    if (dl->more)
+    if (dl->more || dl->claim_again)
         dl_schedule(dl, 0);
+    dl->claim_again = false;
 }
 
 static void dl_renew_cb(void *arg, int err)
@@ -870,6 +983,27 @@ static void dl_tls_refresh(struct cmtpd_delivery *dl)
     dl->tls = t;
 }
 
+/* dl_paused says whether delivery is paused ([delivery] enabled = no, cmtpctl delivery pause). */
+static bool dl_paused(const struct cmtpd_delivery *dl)
+{
+    return atomic_load_explicit(&dl->w->d->delivery_paused, memory_order_relaxed);
+}
+
+/* dl_enabled_refresh applies a change of [delivery] enabled made by a reload: no pauses
+ * delivery, yes resumes it (as the admin commands do). A reload that leaves it alone keeps what
+ * the admin set. */
+static void dl_enabled_refresh(struct cmtpd_delivery *dl)
+{
+    const struct cmtpd_cfg *g = dl->w->cfg;
+    if (g == NULL || g->c.delivery.enabled == dl->enabled_seen)
+        return;
+    dl->enabled_seen = g->c.delivery.enabled;
+    if (atomic_exchange(&dl->w->d->delivery_paused, !dl->enabled_seen) != !dl->enabled_seen)
+        CMTP_LOG(cmtpd_delivery_log(dl), CMTP_LOG_INFO,
+                 dl->enabled_seen ? "delivery-resumed" : "delivery-paused",
+                 cmtp_log_str("by", "config"));
+}
+
 static void dl_tick(struct cmtpd_delivery *dl)
 {
     int64_t now = cmtpd_delivery_now_ms();
@@ -877,7 +1011,9 @@ static void dl_tick(struct cmtpd_delivery *dl)
     for (j = dl->jobs; j != NULL; j = next) {
         next = j->next;
         if (j->finishing && !j->conn_open && !j->completed) {
-            dl_complete(j);
+            /* Routing may try another host or SMTP fallback first (delivery_route.c). */
+            if (!cmtpd_delivery_route_retry(j))
+                dl_complete(j);
         } else if (j->done_retry) {
             dl_done_send(j);
         } else if (j->lease != NULL && !j->renewing && !j->completed &&
@@ -888,7 +1024,13 @@ static void dl_tick(struct cmtpd_delivery *dl)
     }
     if (dl->stopping)
         return;
+    if (dl->w->draining)
+        cmtpd_delivery_pool_drain(dl); /* QUIT the idle connections: the drain waits for them */
     dl_tls_refresh(dl);
+    cmtpd_resolve_tick(dl->res, &dl->w->cfg->c);
+    dl_enabled_refresh(dl);
+    if (dl_paused(dl))
+        return;
     if (!dl->claiming && !dl->w->draining && dl->n_jobs < DL_INFLIGHT_MAX &&
         queue_consumer_state(dl->qc, NULL) == QUEUE_CONNECTED) {
         size_t want = DL_INFLIGHT_MAX - dl->n_jobs;
@@ -979,7 +1121,11 @@ int cmtpd_delivery_start(struct cmtpd_worker *w, char *err, size_t errlen)
         return -ENOMEM;
     }
     dl->w = w;
-    dl->lease_ms = QUEUE_CONSUMER_LEASE_MS_DEFAULT;
+    dl->lease_ms =
+        cfg->delivery.lease_ms ? (uint32_t)cfg->delivery.lease_ms : QUEUE_CONSUMER_LEASE_MS_DEFAULT;
+    dl->enabled_seen = cfg->delivery.enabled;
+    if (!dl->enabled_seen)
+        atomic_store(&w->d->delivery_paused, true);
     snprintf(node, sizeof(node), "%.56s:w%u", w->d->node_id, w->id);
     struct queue_consumer_config qc = {
         .address = w->d->redis_address,
@@ -1004,6 +1150,11 @@ int cmtpd_delivery_start(struct cmtpd_worker *w, char *err, size_t errlen)
     }
     w->dl = dl;
     dl_tls_refresh(dl);
+    dl->res = cmtpd_resolve_new(w->io, cfg, err, errlen);
+    if (dl->res == NULL)
+        CMTP_LOG(cmtpd_delivery_log(dl), CMTP_LOG_WARN, "resolver-unavailable",
+                 cmtp_log_str("reason", err),
+                 cmtp_log_str("effect", "DNS routes fail temporarily"));
     dl_schedule(dl, DL_TICK_MS);
     if (dl->timer == NULL) {
         snprintf(err, errlen, "no timer for the delivery engine");
@@ -1032,10 +1183,13 @@ void cmtpd_delivery_stop(struct cmtpd_worker *w)
     dl->qc = NULL;
     while (dl->jobs != NULL)
         dl_job_free(dl->jobs);
+    cmtpd_resolve_free(dl->res); /* after the jobs: they cancelled their lookups */
+    dl->res = NULL;
     if (dl->md_ok)
         maildir_ctx_cleanup(&dl->md);
     tls_ctx_unref(dl->tls);
     cmtpd_cfg_unref(dl->tls_cfg);
+    cmtpd_delivery_smtp_stop(dl);
     free(dl);
     w->dl = NULL;
 }

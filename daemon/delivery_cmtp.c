@@ -12,10 +12,71 @@
 
 #include <openssl/mem.h>
 
-#include "daemon/delivery_internal.h"
+#include "daemon/delivery_route.h"
 
 /* CM_READ_MAX is the plaintext decrypted per tls_conn_read call. */
 #define CM_READ_MAX 16384
+
+/* cm_set_class records how the attempt failed, for routing (delivery_route.c). */
+static void cm_set_class(struct dl_job *j, enum cmtp_route_fail cls)
+{
+    if (j->route != NULL && !j->route->cls_set) {
+        j->route->cls = cls;
+        j->route->cls_set = true;
+    }
+}
+
+/* cm_ci_has reports whether |hay| contains |needle| (lower case), ignoring case. */
+static bool cm_ci_has(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay != '\0'; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] != '\0' &&
+               (hay[i] >= 'A' && hay[i] <= 'Z' ? hay[i] + 32 : hay[i]) == needle[i])
+            i++;
+        if (i == n)
+            return true;
+    }
+    return false;
+}
+
+/* cm_handshake_class classifies a failed handshake from tls_conn_error_string's text (the alert
+ * or the verification error; never peer bytes): a certificate that does not verify may be
+ * followed by the next host but never by SMTP fallback (PROTOCOL.md 2.3); no ALPN agreed
+ * (no_application_protocol) and a peer that does not speak TLS count as "no CMTP server here"
+ * (PROTOCOL.md 14); any other alert is a host failure. */
+static enum cmtp_route_fail cm_handshake_class(const char *e)
+{
+    if (cm_ci_has(e, "certificate verify failed") || cm_ci_has(e, "certificate"))
+        return CMTP_ROUTE_FAIL_HOST;
+    if (cm_ci_has(e, "alpn") || cm_ci_has(e, "application protocol") ||
+        cm_ci_has(e, "application_protocol"))
+        return CMTP_ROUTE_FAIL_UNREACHABLE;
+    if (cm_ci_has(e, "wrong version number") || cm_ci_has(e, "http request") ||
+        cm_ci_has(e, "https proxy request") || cm_ci_has(e, "wrong_version_number"))
+        return CMTP_ROUTE_FAIL_UNREACHABLE;
+    return CMTP_ROUTE_FAIL_HOST;
+}
+
+enum cmtp_route_fail cmtpd_delivery_cmtp_fail_class(const struct dl_job *j)
+{
+    const struct dl_route_state *rs = j->route;
+    if (rs == NULL || j->cli != NULL || (j->tls != NULL && tls_conn_handshake_done(j->tls)))
+        return CMTP_ROUTE_FAIL_FINAL; /* past the handshake: a CMTP reply or later */
+    for (size_t i = 0; i < j->n_tr; i++) {
+        const struct dl_rcpt *r = &j->rc[j->map[i]];
+        if (r->st == DL_R_ACCEPTED || r->result == QUEUE_CONSUMER_DELIVERED)
+            return CMTP_ROUTE_FAIL_FINAL;
+    }
+    if (rs->cls_set)
+        return rs->cls;
+    if (!rs->connected)
+        return CMTP_ROUTE_FAIL_UNREACHABLE; /* refused, unreachable, timed out */
+    /* Connected, no handshake: a peer that sent nothing (closed, or silent until the deadline)
+     * is not speaking TLS; one that sent something and broke off failed the handshake. */
+    return rs->rx_any ? CMTP_ROUTE_FAIL_HOST : CMTP_ROUTE_FAIL_UNREACHABLE;
+}
 
 static void cm_fail(struct dl_job *j, const char *why)
 {
@@ -335,6 +396,8 @@ void cmtpd_delivery_cmtp_on_data(struct dl_job *j, const uint8_t *data, size_t l
     char why[QUEUE_REASON_MAX];
     if (j->tls == NULL || j->finishing)
         return;
+    if (j->route != NULL && len > 0)
+        j->route->rx_any = true;
     bool was_done = tls_conn_handshake_done(j->tls);
     r = tls_conn_feed(j->tls, data, len);
     if (!was_done) {
@@ -343,6 +406,7 @@ void cmtpd_delivery_cmtp_on_data(struct dl_job *j, const uint8_t *data, size_t l
             tls_conn_error_string(j->tls, e, sizeof(e));
             /* PROTOCOL.md 2.3: a certificate that does not verify is a temporary failure. */
             cmtpd_delivery_why(why, sizeof(why), "tls %s (%s): %s", j->peer, j->tls_name, e);
+            cm_set_class(j, r == TLS_CLOSED ? CMTP_ROUTE_FAIL_HOST : cm_handshake_class(e));
             atomic_fetch_add_explicit(&j->dl->w->dctr.connect_failed, 1, memory_order_relaxed);
             cm_fail(j, why);
             return;
@@ -388,10 +452,13 @@ void cmtpd_delivery_cmtp_on_connect(struct dl_job *j, int res)
         j->finishing = true; /* on_close follows */
         return;
     }
+    if (j->route != NULL)
+        j->route->connected = true;
     int one = 1;
     setsockopt(io_conn_fd(j->c), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     j->tls = tls_conn_new_client(j->dl->tls, j->tls_name);
     if (j->tls == NULL) {
+        cm_set_class(j, CMTP_ROUTE_FAIL_FINAL);
         cm_fail(j, "tls: cannot create the client connection");
         return;
     }
@@ -406,6 +473,7 @@ void cmtpd_delivery_cmtp_start(struct dl_job *j)
     int r;
     if (j->dl->tls == NULL) {
         cmtpd_delivery_why(why, sizeof(why), "tls: no client context: %.80s", j->dl->tls_err);
+        cm_set_class(j, CMTP_ROUTE_FAIL_FINAL);
         cm_fail(j, why);
         return;
     }
@@ -414,6 +482,10 @@ void cmtpd_delivery_cmtp_start(struct dl_job *j)
     if (r < 0) {
         cmtpd_delivery_why(why, sizeof(why), "connect %s: %s", j->peer, strerror(-r));
         atomic_fetch_add_explicit(&j->dl->w->dctr.connect_failed, 1, memory_order_relaxed);
+        /* A local refusal (the worker's connection share, a bad address family) is no sign
+         * about the host: retried later, not the next host. */
+        cm_set_class(j, r == -EAFNOSUPPORT || r == -ENETUNREACH ? CMTP_ROUTE_FAIL_UNREACHABLE
+                                                                : CMTP_ROUTE_FAIL_FINAL);
         cm_fail(j, why);
         return;
     }

@@ -250,6 +250,9 @@ static void sess_log_result(struct cmtpd_sess *s, const char *event,
              cmtp_log_uint("size", env->size), cmtp_log_uint("rcpts", rcpts),
              cmtp_log_uint("dup", dup), cmtp_log_str("peer", s->meta.peer_ip),
              cmtp_log_str("peer_id", s->meta.peer_id[0] ? s->meta.peer_id : "-"),
+             cmtp_log_str("relay", cmtp_relay_name(env->policy.relay)),
+             cmtp_log_str("fallback", cmtp_fallback_name(env->policy.fallback)),
+             cmtp_log_uint("hops", env->policy.hops),
              cmtp_log_str("reason", reason ? reason : "-"));
 }
 
@@ -508,7 +511,7 @@ static void sess_pump(struct cmtpd_sess *s)
     sess_set_deadline(s);
 }
 
-static void peer_text(const struct sockaddr_storage *ss, char *out, size_t len)
+void cmtpd_peer_text(const struct sockaddr_storage *ss, char *out, size_t len)
 {
     out[0] = '\0';
     if (ss->ss_family == AF_INET)
@@ -541,7 +544,8 @@ static int on_accept(struct io_conn *c, void *tag)
     struct cmtpd *d = w->d;
     struct cmtpd_sess *s;
     uint32_t slot = ip_slot(io_conn_peer(c));
-    (void)tag;
+    if (tag == CMTPD_LISTENER_SMTP)
+        return cmtpd_smtp_on_accept(c);
     if (w->draining)
         return -ESHUTDOWN;
     unsigned per_ip = w->cfg->c.server.conn_per_ip_max;
@@ -551,7 +555,7 @@ static int on_accept(struct io_conn *c, void *tag)
         atomic_fetch_add_explicit(&w->ctr.ip_refused, 1, memory_order_relaxed);
         if (cmtp_log_enabled(&d->log, CMTP_LOG_DEBUG)) {
             char ip[QUEUE_IP_MAX + 1];
-            peer_text(io_conn_peer(c), ip, sizeof(ip));
+            cmtpd_peer_text(io_conn_peer(c), ip, sizeof(ip));
             CMTP_LOG(&d->log, CMTP_LOG_DEBUG, "conn-per-ip-limit", cmtp_log_str("peer", ip),
                      cmtp_log_uint("limit", per_ip));
         }
@@ -574,7 +578,7 @@ static int on_accept(struct io_conn *c, void *tag)
         free(s);
         return -ENOMEM;
     }
-    peer_text(io_conn_peer(c), s->meta.peer_ip, sizeof(s->meta.peer_ip));
+    cmtpd_peer_text(io_conn_peer(c), s->meta.peer_ip, sizeof(s->meta.peer_ip));
     snprintf(s->meta.listener, sizeof(s->meta.listener), "cmtp");
     s->next = w->sessions;
     if (w->sessions != NULL)
@@ -611,18 +615,25 @@ static void sess_handshake_done(struct cmtpd_sess *s)
     cmtp_server_start(s->srv);
 }
 
-/* is_delivery reports whether |c| belongs to the delivery engine (context kind first). */
-static bool is_delivery(struct io_conn *c)
+/* conn_kind returns the owner of |c| (context kind first); a connection without a context yet
+ * is a CMTP session's. */
+static enum cmtpd_conn_kind conn_kind(struct io_conn *c)
 {
     const enum cmtpd_conn_kind *k = io_conn_ctx(c);
-    return k != NULL && *k == CMTPD_CONN_DELIVERY;
+    return k != NULL ? *k : CMTPD_CONN_CMTP_SERVER;
 }
 
 static void on_data(struct io_conn *c, const uint8_t *data, size_t len)
 {
-    if (is_delivery(c)) {
+    switch (conn_kind(c)) {
+    case CMTPD_CONN_DELIVERY:
         cmtpd_delivery_on_data(c, data, len);
         return;
+    case CMTPD_CONN_SMTP_INGRESS:
+        cmtpd_smtp_on_data(c, data, len);
+        return;
+    case CMTPD_CONN_CMTP_SERVER:
+        break;
     }
     struct cmtpd_sess *s = io_conn_ctx(c);
     enum tls_result r;
@@ -657,9 +668,15 @@ static void on_data(struct io_conn *c, const uint8_t *data, size_t len)
 
 static void on_send_done(struct io_conn *c, void *cookie, int res)
 {
-    if (is_delivery(c)) {
+    switch (conn_kind(c)) {
+    case CMTPD_CONN_DELIVERY:
         cmtpd_delivery_on_send_done(c, cookie, res);
         return;
+    case CMTPD_CONN_SMTP_INGRESS:
+        cmtpd_smtp_on_send_done(c, cookie, res);
+        return;
+    case CMTPD_CONN_CMTP_SERVER:
+        break;
     }
     struct cmtpd_sess *s = io_conn_ctx(c);
     (void)cookie;
@@ -678,9 +695,15 @@ static void on_send_done(struct io_conn *c, void *cookie, int res)
 
 static void on_timeout(struct io_conn *c)
 {
-    if (is_delivery(c)) {
+    switch (conn_kind(c)) {
+    case CMTPD_CONN_DELIVERY:
         cmtpd_delivery_on_timeout(c);
         return;
+    case CMTPD_CONN_SMTP_INGRESS:
+        cmtpd_smtp_on_timeout(c);
+        return;
+    case CMTPD_CONN_CMTP_SERVER:
+        break;
     }
     struct cmtpd_sess *s = io_conn_ctx(c);
     atomic_fetch_add_explicit(&s->w->ctr.timeouts, 1, memory_order_relaxed);
@@ -696,9 +719,15 @@ static void on_timeout(struct io_conn *c)
 
 static void on_close(struct io_conn *c, int reason)
 {
-    if (is_delivery(c)) {
+    switch (conn_kind(c)) {
+    case CMTPD_CONN_DELIVERY:
         cmtpd_delivery_on_close(c, reason);
         return;
+    case CMTPD_CONN_SMTP_INGRESS:
+        cmtpd_smtp_on_close(c, reason);
+        return;
+    case CMTPD_CONN_CMTP_SERVER:
+        break;
     }
     struct cmtpd_sess *s = io_conn_ctx(c);
     (void)reason;
@@ -736,6 +765,7 @@ void cmtpd_worker_drain(void *arg)
     struct cmtpd_worker *w = arg;
     struct cmtpd_sess *s, *next;
     w->draining = true;
+    cmtpd_smtp_drain(w);
     for (s = w->sessions; s != NULL; s = next) {
         next = s->next;
         if (s->phase == SESS_OPEN) {
@@ -759,6 +789,7 @@ void cmtpd_cfg_unref(struct cmtpd_cfg *g)
 {
     if (g == NULL || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
         return;
+    tls_ctx_unref(g->smtp_tls);
     cmtp_config_free(&g->c);
     free(g);
 }

@@ -49,14 +49,18 @@
     "  end\n"                                                                                      \
     "end\n"
 
-/* CLAIM. ARGV: 1 token prefix, 2 lease ms, 3 batch, 4 concurrency per destination, 5 crashed
- * attempts before dead-lettering, 6 how many due entries to look at. Returns {now, {item, crashes}
- * dead-lettered..., {{item, token, tries, crashes, record-or-nil}...}}. */
+/* CLAIM. ARGV: 1 token prefix, 2 lease ms, 3 work items to lease, 4 concurrency per destination,
+ * 5 crashed attempts before dead-lettering, 6 how many due entries to look at, 7 new (unsplit)
+ * messages to lease. Returns {now, {item, crashes} dead-lettered..., {{item, token, tries,
+ * crashes, record-or-nil}...}, more, busy}: |more| is 1 when a work item could have been leased
+ * but the batch was full; |busy| is 1 when due entries or expired leases are left behind (the
+ * consumer looks at this shard again without waiting for a sweep). */
 static const char lua_claim[] = LUA_PRELUDE
     "local lease_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local climit, cmax, scan = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "local bbatch = tonumber(ARGV[7])\n"
     "local dead = {}\n"
-    "local exp = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, batch)\n"
+    "local exp = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 64)\n"
     "for _, x in ipairs(exp) do\n"
     "  unlease(x)\n"
     "  local it = P .. 'it:' .. x\n"
@@ -70,18 +74,26 @@ static const char lua_claim[] = LUA_PRELUDE
     "    requeue(x, now)\n"
     "  end\n"
     "end\n"
-    "local out, full = {}, {}\n"
+    "local out, full, ni, nb, more = {}, {}, 0, 0, 0\n"
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan)\n"
     "for _, x in ipairs(due) do\n"
-    "  if #out >= batch then break end\n"
+    "  if ni >= batch and nb >= bbatch and more == 1 then break end\n"
     "  local d = dest_of(x)\n"
-    "  local ok = true\n"
+    "  local ok = false\n"
     "  if d then\n"
-    "    if full[d] then ok = false\n"
-    "    elseif tonumber(redis.call('HGET', P .. 'conc', d) or '0') >= climit then\n"
-    "      full[d] = true\n"
-    "      ok = false\n"
+    "    if not full[d] then\n"
+    "      if tonumber(redis.call('HGET', P .. 'conc', d) or '0') >= climit then\n"
+    "        full[d] = true\n"
+    "      elseif ni < batch then\n"
+    "        ok = true\n"
+    "        ni = ni + 1\n"
+    "      else\n"
+    "        more = 1\n"
+    "      end\n"
     "    end\n"
+    "  elseif nb < bbatch then\n"
+    "    ok = true\n"
+    "    nb = nb + 1\n"
     "  end\n"
     "  if ok then\n"
     "    local tok = ARGV[1] .. (#out + 1)\n"
@@ -95,7 +107,9 @@ static const char lua_claim[] = LUA_PRELUDE
     "    out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env}\n"
     "  end\n"
     "end\n"
-    "return {tostring(now), dead, out}\n";
+    "local busy = 0\n"
+    "if #exp >= 64 or #due > #out then busy = 1 end\n"
+    "return {tostring(now), dead, out, more, busy}\n";
 
 /* ADOPT (destination home shard). ARGV: the work items of a new message. Each is scheduled due
  * now unless it exists already in any state (a repeated adoption after a crash). */
@@ -133,10 +147,14 @@ static const char lua_finish[] =
                 "requeue(x, at)\n"
                 "return {'ok', tostring(at)}\n";
 
-/* READ (message shard). ARGV: 1 qid. Returns {record or nil, record version}. */
+/* READ (message shard). ARGV: 1 qid, 2 largest first body chunk to return. Returns {record or
+ * nil, record version, first body chunk or nil}: the chunk comes along when it is no larger than
+ * ARGV 2, so that a small message needs no body read of its own. */
 static const char lua_read[] =
-    LUA_PRELUDE "return {redis.call('GET', P .. 'env:' .. ARGV[1]),\n"
-                "        redis.call('HGET', P .. 'm:' .. ARGV[1], 'ver') or '0'}\n";
+    LUA_PRELUDE "local b = redis.call('LINDEX', P .. 'body:' .. ARGV[1], 0)\n"
+                "if b and #b > tonumber(ARGV[2]) then b = false end\n"
+                "return {redis.call('GET', P .. 'env:' .. ARGV[1]),\n"
+                "        redis.call('HGET', P .. 'm:' .. ARGV[1], 'ver') or '0', b}\n";
 
 /* UPDATE (message shard). ARGV: 1 qid, 2 record version read, 3 new record, 4 report item
  * ('' none), 5 '1' when every recipient is final, 6 destination, 7 '1' when every recipient of
@@ -372,6 +390,22 @@ static const char lua_bulk[] = LUA_PRELUDE
     "end\n"
     "return n\n";
 
+/* FINISHN. ARGV: triples (item, token, mode 'fin' or 'release'): FINISH for several leased
+ * items of one shard in one call (the new messages a claim split). Returns how many were still
+ * ours. */
+static const char lua_finishn[] =
+    LUA_PRELUDE "local n = 0\n"
+                "for i = 1, #ARGV - 2, 3 do\n"
+                "  local x = ARGV[i]\n"
+                "  if redis.call('HGET', P .. 'lease', x) == ARGV[i + 1] then\n"
+                "    unlease(x)\n"
+                "    if ARGV[i + 2] == 'fin' then redis.call('DEL', P .. 'it:' .. x)\n"
+                "    else requeue(x, now) end\n"
+                "    n = n + 1\n"
+                "  end\n"
+                "end\n"
+                "return n\n";
+
 enum qc_script {
     QS_CLAIM,
     QS_ADOPT,
@@ -387,12 +421,14 @@ enum qc_script {
     QS_IADMIN,
     QS_DELMSG,
     QS_BULK,
+    QS_FINISHN,
     QS_COUNT,
 };
 
 static const char *const qc_lua[QS_COUNT] = {
-    lua_claim, lua_adopt,   lua_finish, lua_read, lua_update, lua_quarantine, lua_renew,
-    lua_rtake, lua_summary, lua_list,   lua_info, lua_iadmin, lua_delmsg,     lua_bulk,
+    lua_claim,      lua_adopt,  lua_finish, lua_read,    lua_update,
+    lua_quarantine, lua_renew,  lua_rtake,  lua_summary, lua_list,
+    lua_info,       lua_iadmin, lua_delmsg, lua_bulk,    lua_finishn,
 };
 
 const char *queue_consumer_script(unsigned i)
@@ -474,6 +510,10 @@ struct queue_consumer {
     /* work */
     struct qc_job *jobs;
     unsigned claim_cursor;
+    uint8_t *busy_hint; /* per shard: its last CLAIM left due entries or expired leases */
+    uint8_t *more_hint; /* per shard: its last CLAIM had more claimable items than its share */
+    bool swept;         /* a claim asked every shard at |sweep_ms| */
+    uint64_t sweep_ms;
     unsigned report_cursor;
     uint64_t rng;
     struct queue_consumer_stats st;
@@ -495,6 +535,8 @@ struct queue_consumer_lease {
     struct queue_record *rec;
     size_t *rcpts;
     size_t n_rcpts;
+    uint8_t *pre; /* the first body chunk, read with the record (NULL: not read) */
+    size_t pre_len;
     bool busy;      /* a renewal is in flight */
     bool abandoned; /* freed by the caller during a renewal: the renewal frees it */
 };
@@ -1098,6 +1140,10 @@ static void lease_free(struct queue_consumer_lease *l)
         queue_record_cleanup(l->rec);
         free(l->rec);
     }
+    if (l->pre != NULL) {
+        explicit_bzero(l->pre, l->pre_len);
+        free(l->pre);
+    }
     free(l->rcpts);
     free(l);
 }
@@ -1273,13 +1319,45 @@ out:
     return rc;
 }
 
-/* ---- claim ---- */
+/* ---- claim ----
+ *
+ * A claim runs in rounds (at most QC_CLAIM_ROUNDS). A round sends the CLAIM script to each of its
+ * shards at once, pipelined: one round trip however many shards it asks. The work items the
+ * caller may still take (|max| less those taken) are split between the shards of the round, so
+ * that a claim never leases more than |max| items; new messages (bare qids) are leased besides,
+ * up to QC_BARE_ROUND_MAX per round, since they are only split, never handed out. The records of
+ * the items are read as soon as their CLAIM reply is in (READ, pipelined, with the first body
+ * chunk). Once every CLAIM reply of the round is in, the new messages are split with one ADOPT per
+ * home shard for all of them, then finished with one FINISHN per message shard. The next round
+ * asks the shards that had more claimable items than their share and the home shards that
+ * received new items. The first round asks every shard when QC_SWEEP_MS passed since the last
+ * sweep, else only the shards whose last CLAIM left due entries behind. */
 
+/* QC_CLAIM_ROUNDS bounds the rounds of one claim. */
+#define QC_CLAIM_ROUNDS 4u
+/* QC_SWEEP_MS: a claim asks every shard at least this often (new messages land anywhere). */
+#define QC_SWEEP_MS 100u
+/* QC_BARE_ROUND_MAX bounds the new messages one round leases over all its shards. */
+#define QC_BARE_ROUND_MAX 1024u
+/* QC_PREFETCH_MAX is the largest first body chunk READ returns with the record. */
+#define QC_PREFETCH_MAX (64u * 1024u)
+
+/* qc_bare is a new message leased by a round, to be split. */
 struct qc_bare {
+    struct qc_bare *next;
     char qid[CMTP_QID_MAX + 1];
     char token[QC_TOKEN_MAX];
     unsigned shard;
-    unsigned outstanding;
+    unsigned *homes; /* home shards of its items */
+    size_t nh;
+};
+
+/* qc_adopt collects the items a round adopts into one home shard. */
+struct qc_adopt {
+    char *buf; /* item names, back to back */
+    size_t len, cap;
+    size_t *off; /* start of each name in |buf| */
+    size_t n, ncap;
     bool fail;
 };
 
@@ -1287,33 +1365,68 @@ struct qc_claim {
     struct qc_job j;
     struct queue_consumer *c;
     size_t max, got;
+    size_t taken;                      /* items leased by the rounds (slots of |wk| used) */
     struct queue_consumer_lease **out; /* ready, |max| slots */
-    struct queue_consumer_lease **wk;  /* being validated, indexed by command tag */
-    struct qc_bare **bw;               /* being adopted, indexed by command tag */
-    size_t cap;                        /* slots of wk and bw: the batch */
-    unsigned start, visited, pass;
-    unsigned pending; /* commands and internal completions outstanding */
-    bool adopted, failed;
+    struct queue_consumer_lease **wk;  /* being validated, indexed by command tag, |max| slots */
+    uint8_t *target;                   /* per shard: asked in this round */
+    uint8_t *again;                    /* per shard: to ask in the next round */
+    struct qc_adopt *ad;               /* per shard: this round's adoptions (NULL: none yet) */
+    struct qc_bare *bares;             /* this round's new messages */
+    size_t n_bares;
+    unsigned round;
+    unsigned rpend;   /* CLAIM or ADOPT replies of the round outstanding */
+    unsigned pending; /* reads, side scripts and expiries outstanding */
+    bool rounds_done, failed;
     void (*cb)(void *arg, int err, struct queue_consumer_lease **leases, size_t n);
     void *arg;
 };
+
+static void bares_free(struct qc_claim *cl)
+{
+    while (cl->bares != NULL) {
+        struct qc_bare *b = cl->bares;
+        cl->bares = b->next;
+        free(b->homes);
+        free(b);
+    }
+    cl->n_bares = 0;
+}
+
+static void adopts_free(struct qc_claim *cl)
+{
+    if (cl->ad == NULL)
+        return;
+    for (unsigned h = 0; h < cl->c->shards; h++) {
+        free(cl->ad[h].buf);
+        free(cl->ad[h].off);
+    }
+    free(cl->ad);
+    cl->ad = NULL;
+}
+
+static void claim_free(struct qc_claim *cl)
+{
+    bares_free(cl);
+    adopts_free(cl);
+    free(cl->out);
+    free(cl->wk);
+    free(cl->target);
+    free(cl->again);
+    free(cl);
+}
 
 static void claim_destroy(struct qc_job *j)
 {
     struct qc_claim *cl = (struct qc_claim *)j;
     for (size_t i = 0; i < cl->got; i++)
         lease_free(cl->out[i]);
-    for (size_t i = 0; i < cl->cap; i++) {
+    for (size_t i = 0; i < cl->max; i++)
         lease_free(cl->wk[i]);
-        free(cl->bw[i]);
-    }
-    free(cl->out);
-    free(cl->wk);
-    free(cl->bw);
-    free(cl);
+    claim_free(cl);
 }
 
-static void claim_step(struct qc_claim *cl);
+static void claim_check(struct qc_claim *cl);
+static void round_start(struct qc_claim *cl);
 static int done_start(struct queue_consumer_lease *l, const struct queue_consumer_outcome *o,
                       size_t n, bool expire, struct qc_claim *parent,
                       void (*cb)(void *arg, const struct queue_consumer_done_result *r), void *arg);
@@ -1321,8 +1434,8 @@ static int done_start(struct queue_consumer_lease *l, const struct queue_consume
 /* claim_sub_done counts one reply (or internal completion) of |cl|; |cl| may be gone after. */
 static void claim_sub_done(struct qc_claim *cl)
 {
-    if (--cl->pending == 0)
-        claim_step(cl);
+    cl->pending--;
+    claim_check(cl);
 }
 
 static void on_claim_aux(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
@@ -1355,7 +1468,7 @@ static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, con
     enum queue_record_err e;
 
     cl->wk[tag] = NULL;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !r_str(r->element[1]) ||
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || !r_str(r->element[1]) ||
         r->element[1]->len >= sizeof(l->ver)) {
         lease_free(l); /* left to expire */
         goto out;
@@ -1405,36 +1518,65 @@ static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, con
             lease_free(l);
         goto out;
     }
+    /* The first body chunk, when it came along (a copy: the reply is freed after this). */
+    const redisReply *pre = r->element[2];
+    if (r_str(pre) && pre->len > 0 && pre->len <= l->rec->env.size) {
+        l->pre = malloc(pre->len);
+        if (l->pre != NULL) {
+            memcpy(l->pre, pre->str, pre->len);
+            l->pre_len = pre->len;
+        }
+    }
     cl->out[cl->got++] = l;
     c->st.claimed++;
 out:
     claim_sub_done(cl);
 }
 
-static void on_adopt(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+/* adopt_add appends the item `<qid>/<dest>` to |cl|'s adoptions into home shard |h|. */
+static int adopt_add(struct qc_claim *cl, unsigned h, const char *qid, const char *dest)
 {
-    struct qc_claim *cl = ctx;
-    struct qc_bare *b = cl->bw[tag];
+    struct queue_consumer *c = cl->c;
+    size_t ql = strlen(qid), dl = strlen(dest);
+    struct qc_adopt *a;
 
-    if (r == NULL || r->type != REDIS_REPLY_INTEGER)
-        b->fail = true;
-    if (--b->outstanding == 0) {
-        /* Every item exists now (or an adoption failed: the message goes back, due now). */
-        const char *args[3] = {b->qid, b->token, b->fail ? "release" : "fin"};
-        claim_aux(cl, QS_FINISH, b->shard, 3, args);
-        if (!b->fail) {
-            cl->adopted = true;
-            c->st.adopted++;
-        }
-        free(b);
-        cl->bw[tag] = NULL;
+    if (cl->ad == NULL) {
+        cl->ad = calloc(c->shards, sizeof(*cl->ad));
+        if (cl->ad == NULL)
+            return -ENOMEM;
     }
-    claim_sub_done(cl);
+    a = &cl->ad[h];
+    if (a->len + ql + 1 + dl > a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 4096;
+        while (cap < a->len + ql + 1 + dl)
+            cap *= 2;
+        char *nb = realloc(a->buf, cap);
+        if (nb == NULL)
+            return -ENOMEM;
+        a->buf = nb;
+        a->cap = cap;
+    }
+    if (a->n == a->ncap) {
+        size_t ncap = a->ncap ? a->ncap * 2 : 32;
+        size_t *no = realloc(a->off, (ncap + 1) * sizeof(*no));
+        if (no == NULL)
+            return -ENOMEM;
+        a->off = no;
+        a->ncap = ncap;
+    }
+    a->off[a->n++] = a->len;
+    memcpy(a->buf + a->len, qid, ql);
+    a->buf[a->len + ql] = '/';
+    memcpy(a->buf + a->len + ql + 1, dest, dl);
+    a->len += ql + 1 + dl;
+    a->off[a->n] = a->len;
+    return 0;
 }
 
-/* bare_start splits the new message |qid| (leased with |token| on |shard|) into work items. */
-static void bare_start(struct qc_claim *cl, size_t slot, unsigned shard, const char *qid,
-                       const char *token, const redisReply *env)
+/* bare_take records the new message |qid| (leased with |token| on |shard|, record |env|) for
+ * the round's split. */
+static void bare_take(struct qc_claim *cl, unsigned shard, const char *qid, const char *token,
+                      const redisReply *env)
 {
     struct queue_consumer *c = cl->c;
     struct queue_record *rec = NULL;
@@ -1461,54 +1603,167 @@ static void bare_start(struct qc_claim *cl, size_t slot, unsigned shard, const c
     }
     dests = dest_list(rec, true, &nd);
     b = calloc(1, sizeof(*b));
-    if (nd == SIZE_MAX || b == NULL) {
+    if (nd == SIZE_MAX || b == NULL ||
+        (nd > 0 && (b->homes = calloc(nd, sizeof(unsigned))) == NULL)) {
         free(b);
         goto out; /* out of memory: the lease expires */
     }
     snprintf(b->qid, sizeof(b->qid), "%s", qid);
     snprintf(b->token, sizeof(b->token), "%s", token);
     b->shard = shard;
-    cl->bw[slot] = b;
-    for (unsigned h = 0; h < c->shards && nd > 0; h++) {
-        int rc = qc_items_eval(c, QS_ADOPT, h, NULL, qid, dests, nd, on_adopt, cl, slot);
-        if (rc > 0) {
-            b->outstanding++;
-            cl->pending++;
-        } else if (rc < 0) {
-            b->fail = true;
+    for (size_t i = 0; i < nd; i++) {
+        unsigned h = queue_consumer_item_shard(dests[i], c->shards);
+        bool seen = false;
+        if (adopt_add(cl, h, qid, dests[i]) < 0) {
+            free(b->homes);
+            free(b);
+            goto out; /* out of memory: the lease expires (items added stay: ADOPT skips) */
         }
+        for (size_t k = 0; k < b->nh && !seen; k++)
+            seen = b->homes[k] == h;
+        if (!seen)
+            b->homes[b->nh++] = h;
     }
-    if (b->outstanding == 0) {
-        const char *args[3] = {qid, token, nd == 0 ? "fin" : "release"};
-        claim_aux(cl, QS_FINISH, shard, 3, args);
-        free(b);
-        cl->bw[slot] = NULL;
-    }
+    b->next = cl->bares;
+    cl->bares = b;
+    cl->n_bares++;
 out:
     free(dests);
     queue_record_cleanup(rec);
     free(rec);
 }
 
+/* round_finish_bares ends the round's split: each new message whose items all exist now is
+ * finished, the others go back, due now (one FINISHN per message shard). */
+static void round_finish_bares(struct qc_claim *cl)
+{
+    struct queue_consumer *c = cl->c;
+    const char **args = NULL;
+    size_t *lens = NULL;
+    size_t n = 0;
+
+    if (cl->n_bares == 0)
+        return;
+    args = calloc(cl->n_bares * 3, sizeof(*args));
+    lens = calloc(cl->n_bares * 3, sizeof(*lens));
+    if (args == NULL || lens == NULL)
+        goto out; /* out of memory: the leases expire, the split is repeated (ADOPT skips) */
+    for (unsigned s = 0; s < c->shards; s++) {
+        n = 0;
+        for (struct qc_bare *b = cl->bares; b != NULL; b = b->next) {
+            bool fail = false;
+            if (b->shard != s)
+                continue;
+            for (size_t k = 0; k < b->nh; k++)
+                fail = fail || cl->ad == NULL || cl->ad[b->homes[k]].fail;
+            args[n] = b->qid;
+            lens[n++] = strlen(b->qid);
+            args[n] = b->token;
+            lens[n++] = strlen(b->token);
+            args[n] = fail ? "release" : "fin";
+            lens[n] = strlen(args[n]);
+            n++;
+            if (!fail && b->nh > 0)
+                c->st.adopted++;
+            if (fail)
+                c->busy_hint[s] = 1; /* due again now */
+        }
+        if (n > 0 && qc_eval(c, QS_FINISHN, s, n, args, lens, on_claim_aux, cl, 0) == 0)
+            cl->pending++;
+    }
+out:
+    free(args);
+    free(lens);
+}
+
+/* round_end closes a round: the split is finished and the next round (if any) starts. */
+static void round_end(struct qc_claim *cl)
+{
+    struct queue_consumer *c = cl->c;
+    bool more = false;
+
+    round_finish_bares(cl);
+    bares_free(cl);
+    adopts_free(cl);
+    for (unsigned s = 0; s < c->shards; s++)
+        more = more || cl->again[s];
+    if (!cl->failed && more && cl->round < QC_CLAIM_ROUNDS && cl->taken < cl->max) {
+        memcpy(cl->target, cl->again, c->shards);
+        round_start(cl);
+        if (cl->rpend > 0)
+            return;
+    }
+    cl->rounds_done = true;
+    claim_check(cl);
+}
+
+static void on_adopt(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_claim *cl = ctx;
+    unsigned h = (unsigned)tag;
+
+    (void)c;
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER)
+        cl->ad[h].fail = true;
+    else if (r->integer > 0)
+        cl->again[h] = c->busy_hint[h] = 1; /* new items are due there now */
+    if (--cl->rpend == 0)
+        round_end(cl);
+}
+
+/* round_adopt sends the round's adoptions, one ADOPT per home shard. */
+static void round_adopt(struct qc_claim *cl)
+{
+    struct queue_consumer *c = cl->c;
+
+    for (unsigned h = 0; cl->ad != NULL && h < c->shards; h++) {
+        struct qc_adopt *a = &cl->ad[h];
+        if (a->n == 0)
+            continue;
+        const char **args = calloc(a->n, sizeof(*args));
+        size_t *lens = calloc(a->n, sizeof(*lens));
+        int rc = -ENOMEM;
+        if (args != NULL && lens != NULL) {
+            for (size_t i = 0; i < a->n; i++) {
+                args[i] = a->buf + a->off[i];
+                lens[i] = a->off[i + 1] - a->off[i];
+            }
+            rc = qc_eval(c, QS_ADOPT, h, a->n, args, lens, on_adopt, cl, h);
+        }
+        free(args);
+        free(lens);
+        if (rc == 0)
+            cl->rpend++;
+        else
+            a->fail = true;
+    }
+    if (cl->rpend == 0)
+        round_end(cl);
+}
+
 static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
 {
     struct qc_claim *cl = ctx;
     unsigned shard = (unsigned)tag;
-    long long now;
+    long long now, more = 0, busy = 0;
     char qid[CMTP_QID_MAX + 1], dest[CMTP_DOMAIN_MAX + 1], text[QUEUE_REASON_MAX];
     unsigned smsg;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
         !r_ll(r->element[0], &now) || r->element[1]->type != REDIS_REPLY_ARRAY ||
-        r->element[2]->type != REDIS_REPLY_ARRAY) {
+        r->element[2]->type != REDIS_REPLY_ARRAY || !r_ll(r->element[3], &more) ||
+        !r_ll(r->element[4], &busy)) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR) {
             r_text(r, text, sizeof(text));
             set_error(c, "redis claim failed", text);
         }
         cl->failed = true;
-        claim_sub_done(cl);
-        return;
+        goto out;
     }
+    c->busy_hint[shard] = busy || more;
+    c->more_hint[shard] = more != 0;
+    if (more)
+        cl->again[shard] = 1;
     for (size_t i = 0; i < r->element[1]->elements; i++) {
         const redisReply *d = r->element[1]->element[i];
         if (d->type != REDIS_REPLY_ARRAY || d->elements != 2 || !r_str(d->element[0]) ||
@@ -1519,7 +1774,7 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
              r_u32(d->element[1]));
     }
     const redisReply *items = r->element[2];
-    for (size_t i = 0; i < items->elements && i < cl->cap; i++) {
+    for (size_t i = 0; i < items->elements; i++) {
         const redisReply *e = items->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 || !r_str(e->element[0]) ||
             !r_str(e->element[1]) || e->element[1]->len >= QC_TOKEN_MAX ||
@@ -1529,9 +1784,11 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
         memcpy(token, e->element[1]->str, e->element[1]->len);
         token[e->element[1]->len] = '\0';
         if (dest[0] == '\0') {
-            bare_start(cl, i, shard, qid, token, e->element[4]);
+            bare_take(cl, shard, qid, token, e->element[4]);
             continue;
         }
+        if (cl->taken >= cl->max)
+            continue; /* cannot happen (the batches sum to the room left): it expires */
         struct queue_consumer_lease *l = calloc(1, sizeof(*l));
         if (l == NULL)
             continue;
@@ -1546,85 +1803,91 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
         l->tries = r_u32(e->element[2]);
         l->crashes = r_u32(e->element[3]);
         l->expires_ms = (int64_t)now + c->lease_ms;
-        const char *args[1] = {qid};
-        cl->wk[i] = l;
-        if (qc_evals(c, QS_READ, smsg, 1, args, on_item_read, cl, i) == 0) {
+        char pmax[16];
+        snprintf(pmax, sizeof(pmax), "%u", QC_PREFETCH_MAX);
+        const char *args[2] = {qid, pmax};
+        size_t slot = cl->taken++;
+        cl->wk[slot] = l;
+        if (qc_evals(c, QS_READ, smsg, 2, args, on_item_read, cl, slot) == 0) {
             cl->pending++;
         } else {
-            cl->wk[i] = NULL;
+            cl->wk[slot] = NULL;
             lease_free(l);
         }
     }
-    claim_sub_done(cl);
+out:
+    if (--cl->rpend == 0)
+        round_adopt(cl);
 }
 
-/* claim_send sends the claim script to the next shard. Returns 0 when sent, 1 when there is
- * nothing more to do, -errno when it could not be sent. */
-static int claim_send(struct qc_claim *cl)
+/* round_start sends the CLAIM script to every shard of cl->target, sharing the room left
+ * between them (first between the shards that had more than their share last time). */
+static void round_start(struct qc_claim *cl)
 {
     struct queue_consumer *c = cl->c;
     char tokp[QC_TOKEN_MAX], lease_s[16], batch_s[16], conc_s[16], crash_s[16], scan_s[16];
+    char bare_s[16];
+    unsigned m = 0, mp = 0;
+    size_t room = cl->max - cl->taken;
 
-    for (;;) {
-        if (cl->failed || cl->got >= cl->max)
-            return 1;
-        if (cl->visited >= c->shards) {
-            if (cl->pass == 0 && cl->adopted) {
-                /* New messages were split: their items may sit in shards visited already. */
-                cl->pass = 1;
-                cl->visited = 0;
-                cl->adopted = false;
-                continue;
-            }
-            return 1;
-        }
-        break;
+    cl->round++;
+    memset(cl->again, 0, c->shards);
+    for (unsigned s = 0; s < c->shards; s++) {
+        if (!cl->target[s])
+            continue;
+        m++;
+        mp += c->more_hint[s];
     }
-    unsigned shard = (cl->start + cl->visited) % c->shards;
-    size_t batch = cl->max - cl->got;
-    if (batch > cl->cap)
-        batch = cl->cap;
-    size_t scan = batch * 8;
-    if (scan < 256)
-        scan = 256;
-    if (scan > 8192)
-        scan = 8192;
-    cl->visited++;
-    snprintf(tokp, sizeof(tokp), "%s#%016llx#", c->node, (unsigned long long)rng_next(c));
+    if (m == 0)
+        return;
+    size_t bbatch = QC_BARE_ROUND_MAX / m;
+    if (bbatch > c->batch)
+        bbatch = c->batch;
+    if (bbatch == 0)
+        bbatch = 1;
+    unsigned share_n = mp > 0 ? mp : m, k = 0;
     snprintf(lease_s, sizeof(lease_s), "%u", c->lease_ms);
-    snprintf(batch_s, sizeof(batch_s), "%zu", batch);
     snprintf(conc_s, sizeof(conc_s), "%u", c->conc);
     snprintf(crash_s, sizeof(crash_s), "%u", c->crash_max);
-    snprintf(scan_s, sizeof(scan_s), "%zu", scan);
-    const char *args[6] = {tokp, lease_s, batch_s, conc_s, crash_s, scan_s};
-    int rc = qc_evals(c, QS_CLAIM, shard, 6, args, on_claim_reply, cl, shard);
-    if (rc < 0)
-        return rc;
-    cl->pending = 1;
-    return 0;
+    snprintf(bare_s, sizeof(bare_s), "%zu", bbatch);
+    for (unsigned i = 0; i < c->shards; i++) {
+        unsigned s = (c->claim_cursor + i) % c->shards;
+        size_t batch = 0;
+        if (!cl->target[s])
+            continue;
+        if (mp == 0 || c->more_hint[s]) {
+            batch = room / share_n + (k < room % share_n ? 1 : 0);
+            k++;
+        }
+        size_t scan = (batch + bbatch) * 8;
+        if (scan < 256)
+            scan = 256;
+        if (scan > 8192)
+            scan = 8192;
+        snprintf(tokp, sizeof(tokp), "%s#%016llx#", c->node, (unsigned long long)rng_next(c));
+        snprintf(batch_s, sizeof(batch_s), "%zu", batch);
+        snprintf(scan_s, sizeof(scan_s), "%zu", scan);
+        const char *args[7] = {tokp, lease_s, batch_s, conc_s, crash_s, scan_s, bare_s};
+        if (qc_evals(c, QS_CLAIM, s, 7, args, on_claim_reply, cl, s) == 0)
+            cl->rpend++;
+        else
+            cl->failed = true;
+    }
+    c->claim_cursor = (c->claim_cursor + 1) % c->shards;
 }
 
-static void claim_step(struct qc_claim *cl)
+/* claim_check ends |cl| once its rounds and everything they started are done. */
+static void claim_check(struct qc_claim *cl)
 {
     struct queue_consumer *c = cl->c;
-    int rc;
 
-    if (cl->pending > 0)
+    if (!cl->rounds_done || cl->rpend > 0 || cl->pending > 0)
         return;
-    rc = claim_send(cl);
-    if (rc == 0)
-        return;
-    if (rc < 0)
-        cl->failed = true;
-    c->claim_cursor = (cl->start + cl->visited) % c->shards;
     job_del(c, &cl->j);
     int err = cl->failed && cl->got == 0 ? (c->state == QUEUE_CONNECTED ? -EIO : -ENOTCONN) : 0;
     if (cl->cb)
         cl->cb(cl->arg, err, cl->out, cl->got);
-    free(cl->out);
-    free(cl->wk);
-    free(cl->bw);
-    free(cl);
+    claim_free(cl);
 }
 
 int queue_consumer_claim(struct queue_consumer *c, size_t max,
@@ -1633,7 +1896,8 @@ int queue_consumer_claim(struct queue_consumer *c, size_t max,
                          void *arg)
 {
     struct qc_claim *cl;
-    int rc;
+    uint64_t now;
+    bool sweep;
 
     if (c == NULL || cb == NULL || max == 0 || max > QUEUE_CONSUMER_CLAIM_MAX)
         return -EINVAL;
@@ -1646,30 +1910,36 @@ int queue_consumer_claim(struct queue_consumer *c, size_t max,
         return -ENOMEM;
     cl->c = c;
     cl->max = max;
-    cl->cap = c->batch;
     cl->out = calloc(max, sizeof(*cl->out));
-    cl->wk = calloc(cl->cap, sizeof(*cl->wk));
-    cl->bw = calloc(cl->cap, sizeof(*cl->bw));
-    if (cl->out == NULL || cl->wk == NULL || cl->bw == NULL) {
-        rc = -ENOMEM;
-        goto err;
+    cl->wk = calloc(max, sizeof(*cl->wk));
+    cl->target = calloc(c->shards, 1);
+    cl->again = calloc(c->shards, 1);
+    if (cl->out == NULL || cl->wk == NULL || cl->target == NULL || cl->again == NULL) {
+        claim_free(cl);
+        return -ENOMEM;
     }
-    cl->start = c->claim_cursor % c->shards;
     cl->cb = cb;
     cl->arg = arg;
-    rc = claim_send(cl);
-    if (rc != 0) {
-        rc = rc < 0 ? rc : -EIO;
-        goto err;
+    now = loop_now(c);
+    sweep = !c->swept || now - c->sweep_ms >= QC_SWEEP_MS;
+    if (!sweep) {
+        unsigned n = 0;
+        for (unsigned s = 0; s < c->shards; s++)
+            n += (cl->target[s] = c->busy_hint[s]);
+        sweep = n == 0;
+    }
+    if (sweep) {
+        memset(cl->target, 1, c->shards);
+        c->swept = true;
+        c->sweep_ms = now;
+    }
+    round_start(cl);
+    if (cl->rpend == 0) {
+        claim_free(cl);
+        return c->state == QUEUE_CONNECTED ? -EIO : -ENOTCONN;
     }
     job_add(c, &cl->j, claim_destroy);
     return 0;
-err:
-    free(cl->out);
-    free(cl->wk);
-    free(cl->bw);
-    free(cl);
-    return rc;
 }
 
 /* ---- report items ---- */
@@ -2373,6 +2643,7 @@ int queue_consumer_lease_return(struct queue_consumer_lease *l, void (*cb)(void 
         free(s);
         return rc;
     }
+    c->busy_hint[l->shard_item] = 1; /* due again now */
     job_add(c, &s->j, simple_destroy);
     lease_free(l); /* the command carries copies of what it needs */
     return 0;
@@ -2399,13 +2670,19 @@ struct queue_consumer_body {
     uint64_t size, off;
     uint32_t index;
     bool busy, closed;
+    const uint8_t *pre; /* the lease's first chunk, read with its record (NULL: none) */
+    size_t pre_len;
+    void *timer; /* hands |pre| over from the loop */
     void (*cb)(void *arg, int err, const uint8_t *data, size_t len, bool last);
     void *arg;
 };
 
 static void body_destroy(struct qc_job *j)
 {
-    free(j);
+    struct queue_consumer_body *b = (struct queue_consumer_body *)j;
+    if (b->timer != NULL)
+        b->c->loop.ops->timer_cancel(b->c->loop.loop, b->timer);
+    free(b);
 }
 
 struct queue_consumer_body *queue_consumer_body_open(const struct queue_consumer_lease *l)
@@ -2427,8 +2704,26 @@ struct queue_consumer_body *queue_consumer_body_open(const struct queue_consumer
     b->klen = (size_t)kl;
     b->c = l->c;
     b->size = l->rec->env.size;
+    b->pre = l->pre;
+    b->pre_len = l->pre_len;
     job_add(b->c, &b->j, body_destroy);
     return b;
+}
+
+/* body_chunk checks and hands over one chunk (|r| NULL: no reply; |data| the octets). */
+static void body_chunk(struct queue_consumer_body *b, bool nil, const uint8_t *data, size_t len)
+{
+    if (nil) {
+        b->cb(b->arg, -ENOENT, NULL, 0, false);
+        return;
+    }
+    if (data == NULL || len == 0 || len > b->size - b->off) {
+        b->cb(b->arg, -EIO, NULL, 0, false);
+        return;
+    }
+    b->off += len;
+    b->index++;
+    b->cb(b->arg, 0, data, len, b->off == b->size);
 }
 
 static void on_body(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
@@ -2442,17 +2737,16 @@ static void on_body(struct queue_consumer *c, void *ctx, uintptr_t tag, const re
         free(b);
         return;
     }
-    if (r != NULL && r->type == REDIS_REPLY_NIL) {
-        b->cb(b->arg, -ENOENT, NULL, 0, false);
-        return;
-    }
-    if (!r_str(r) || r->len == 0 || r->len > b->size - b->off) {
-        b->cb(b->arg, -EIO, NULL, 0, false);
-        return;
-    }
-    b->off += r->len;
-    b->index++;
-    b->cb(b->arg, 0, (const uint8_t *)r->str, r->len, b->off == b->size);
+    body_chunk(b, r != NULL && r->type == REDIS_REPLY_NIL,
+               r_str(r) ? (const uint8_t *)r->str : NULL, r_str(r) ? r->len : 0);
+}
+
+static void on_body_pre(void *arg)
+{
+    struct queue_consumer_body *b = arg;
+    b->timer = NULL;
+    b->busy = false;
+    body_chunk(b, false, b->pre, b->pre_len);
 }
 
 int queue_consumer_body_next(struct queue_consumer_body *b,
@@ -2467,6 +2761,16 @@ int queue_consumer_body_next(struct queue_consumer_body *b,
         return -EBUSY;
     if (b->off >= b->size)
         return -ENODATA;
+    if (b->index == 0 && b->pre != NULL) {
+        /* The first chunk came with the record: no read, but still from the loop. */
+        b->timer = b->c->loop.ops->timer_add(b->c->loop.loop, 0, on_body_pre, b);
+        if (b->timer == NULL)
+            return -ENOMEM;
+        b->cb = cb;
+        b->arg = arg;
+        b->busy = true;
+        return 0;
+    }
     if (b->c->state != QUEUE_CONNECTED)
         return -ENOTCONN;
     snprintf(idx, sizeof(idx), "%u", b->index);
@@ -2485,12 +2789,12 @@ void queue_consumer_body_close(struct queue_consumer_body *b)
 {
     if (b == NULL)
         return;
-    if (b->busy) {
-        b->closed = true;
+    if (b->busy && b->timer == NULL) {
+        b->closed = true; /* the read in flight frees it */
         return;
     }
     job_del(b->c, &b->j);
-    free(b);
+    body_destroy(&b->j);
 }
 
 /* ---- report take and ack ---- */
@@ -3144,6 +3448,8 @@ static int msg_start(struct queue_consumer *c, const char *qid, enum qc_mode mod
     m->cb_show = cb_show;
     m->cb_n = cb_n;
     m->arg = arg;
+    if (mode != QM_SHOW)
+        c->swept = false; /* items may be due now anywhere: the next claim asks every shard */
     const char *a1[1] = {qid};
     const char *a2[2] = {mode_names[mode], qid};
     rc = qc_evals(c, QS_INFO, shard, 1, a1, on_msg, m, 0);
@@ -3258,6 +3564,7 @@ static int bulk_start(struct queue_consumer *c, bool revive, void (*cb)(void *, 
     b = calloc(1, sizeof(*b));
     if (b == NULL)
         return -ENOMEM;
+    c->swept = false; /* items may be due now anywhere: the next claim asks every shard */
     b->revive = revive;
     b->phase = revive ? 0 : 1;
     b->cb = cb;
@@ -3428,6 +3735,10 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
         snprintf(err, errlen, "consumer limits out of range");
         goto err;
     }
+    c->busy_hint = calloc(c->shards, 1);
+    c->more_hint = calloc(c->shards, 1);
+    if (c->busy_hint == NULL || c->more_hint == NULL)
+        goto nomem;
     c->backoff_ms = c->reconnect_min_ms;
     if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
         c->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)c;
@@ -3436,6 +3747,8 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
 nomem:
     snprintf(err, errlen, "out of memory");
 err:
+    free(c->busy_hint);
+    free(c->more_hint);
     free(c->password);
     free(c->username);
     free(c);
@@ -3468,6 +3781,8 @@ void queue_consumer_free(struct queue_consumer *c)
         explicit_bzero(c->password, strlen(c->password));
     free(c->password);
     free(c->username);
+    free(c->busy_hint);
+    free(c->more_hint);
     free(c);
 }
 

@@ -85,7 +85,7 @@ struct queue_consumer_config {
     uint64_t retry_max_ms;         /* largest retry delay */
     uint64_t lifetime_ms;          /* a recipient still pending this long after accept expires */
     unsigned attempts_crash_max;   /* crashed attempts (expired leases) before dead-lettering */
-    unsigned claim_batch;          /* work items one claim script takes from one shard */
+    unsigned claim_batch;          /* new messages one claim script takes from one shard */
     /* event_cb, when set, receives every event (from the loop, never re-entrantly from an API
      * call). It must not free the consumer. */
     void (*event_cb)(void *arg, const struct queue_consumer_event *ev);
@@ -137,16 +137,19 @@ enum queue_conn_state queue_consumer_state(const struct queue_consumer *c, const
 /* queue_consumer_get_stats copies the counters of |c| into |out|. */
 void queue_consumer_get_stats(const struct queue_consumer *c, struct queue_consumer_stats *out);
 
-/* queue_consumer_claim leases up to |max| (1..QUEUE_CONSUMER_CLAIM_MAX) due work items. It visits
- * the shards in turn from where the previous claim stopped; in each, one script first reclaims
- * expired leases (their items become due again, counting a crashed attempt, or go to the dead
- * letters after attempts_crash_max), then leases due items whose destination is below its
- * concurrency limit. New messages are split into one work item per destination first. Every
- * record is validated (corrupt ones are quarantined) and items past the lifetime are expired
- * without being handed out. |cb|(|arg|, err, leases, n) is called once, from the loop, never from
- * inside this call: err is 0 (n may be 0) or -errno when nothing could be claimed; the caller owns
- * each of the |n| leases (the array itself is valid during the callback only) and must end each
- * with queue_consumer_done, queue_consumer_lease_return or queue_consumer_lease_abandon.
+/* queue_consumer_claim leases up to |max| (1..QUEUE_CONSUMER_CLAIM_MAX) due work items. It runs
+ * in at most four rounds; a round sends one script to each of its shards at once (pipelined: one
+ * round trip): every shard when the last such sweep is 100 ms old, else the shards that had due
+ * work left. In each shard the script first reclaims expired leases (their items become due
+ * again, counting a crashed attempt, or go to the dead letters after attempts_crash_max), then
+ * leases due items whose destination is below its concurrency limit (|max| is shared between
+ * the shards, so no more are leased) and new messages, which are split into one work item per
+ * destination (the next round claims those). Every record is validated (corrupt ones are
+ * quarantined) and read with the body's first chunk when small; items past the lifetime are
+ * expired without being handed out. |cb|(|arg|, err, leases, n) is called once, from the loop,
+ * never from inside this call: err is 0 (n may be 0) or -errno when nothing could be claimed; the
+ * caller owns each of the |n| leases (the array itself is valid during the callback only) and must
+ * end each with queue_consumer_done, queue_consumer_lease_return or queue_consumer_lease_abandon.
  * Returns 0, -EINVAL, -ENOTCONN, -EAGAIN (inflight_max reached) or -ENOMEM. */
 int queue_consumer_claim(struct queue_consumer *c, size_t max,
                          void (*cb)(void *arg, int err, struct queue_consumer_lease **leases,

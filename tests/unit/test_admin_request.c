@@ -67,6 +67,8 @@ static void test_every_command(void **state)
         {"reload", ADMIN_CMD_RELOAD},
         {"log level debug", ADMIN_CMD_LOG_LEVEL},
         {"metrics", ADMIN_CMD_METRICS},
+        {"delivery pause", ADMIN_CMD_DELIVERY_PAUSE},
+        {"delivery resume", ADMIN_CMD_DELIVERY_RESUME},
     };
     bool seen[ADMIN_CMD_COUNT] = {false};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -157,6 +159,9 @@ static void test_command_errors(void **state)
     parse_bad("queue frob", 10, "unknown queue subcommand");
     parse_bad("log", 3, "log needs a subcommand");
     parse_bad("log verbose", 11, "unknown log subcommand");
+    parse_bad("delivery", 8, "delivery needs a subcommand: pause, resume");
+    parse_bad("delivery stop", 13, "unknown delivery subcommand");
+    parse_bad("delivery pause now", 18, "delivery pause takes no arguments");
     parse_bad("status now", 10, "status takes no arguments");
     parse_bad("queue summary x", 15, "queue summary takes no arguments");
     parse_bad("metrics --all", 13, "takes no arguments");

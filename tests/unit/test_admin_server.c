@@ -422,6 +422,8 @@ static void test_not_supported(void **state)
         "reload",
         "log level info",
         "metrics",
+        "delivery pause",
+        "delivery resume",
     };
     for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
         call_err(lines[i], "not supported");

@@ -125,6 +125,8 @@ static void test_defaults(void **state)
     assert_int_equal(c->delivery.retry_max_ms, 3600000);
     assert_int_equal(c->delivery.lifetime_ms, 5ull * 86400000);
     assert_int_equal(c->delivery.attempts_crash_max, 5);
+    assert_true(c->delivery.enabled);
+    assert_int_equal(c->delivery.lease_ms, 300000);
     assert_string_equal(c->admin.socket, "./state/cmtpd.sock");
     assert_int_equal(c->admin.mode, 0600);
     assert_string_equal(c->admin.group, "");
@@ -199,6 +201,8 @@ static const char all_keys[] =
     "retry_max = 2h\n"
     "lifetime = 3d\n"
     "attempts_crash_max = 3\n"
+    "enabled = no\n"
+    "lease = 2s\n"
     "[admin]\n"
     "socket = /run/cmtpd/admin.sock\n"
     "mode = 0660\n"
@@ -282,6 +286,8 @@ static void test_every_key(void **state)
     assert_int_equal(c->delivery.retry_max_ms, 7200000);
     assert_int_equal(c->delivery.lifetime_ms, 3ull * 86400000);
     assert_int_equal(c->delivery.attempts_crash_max, 3);
+    assert_false(c->delivery.enabled);
+    assert_int_equal(c->delivery.lease_ms, 2000);
     assert_string_equal(c->admin.socket, "/run/cmtpd/admin.sock");
     assert_int_equal(c->admin.mode, 0660);
     assert_string_equal(c->admin.group, "mailadm");
@@ -334,6 +340,10 @@ static void test_units(void **state)
     assert_int_equal(c->timeouts.idle_ms, 500);
     assert_int_equal(c->timeouts.handshake_ms, 10000);
     assert_int_equal(c->timeouts.command_ms, 60000);
+    expect_ok(c, "[delivery]\nlifetime = 5s\nretry_base = 1s\nretry_max = 2s\n");
+    assert_int_equal(c->delivery.lifetime_ms, 5000);
+    expect_bad("[delivery]\nlifetime = 4s\nretry_base = 1s\nretry_max = 2s\n",
+               "t.conf:2:", "lifetime", NULL);
     expect_ok(c, "[delivery]\nlifetime = 60d\nretry_max = 30d\n");
     assert_int_equal(c->delivery.lifetime_ms, 60ull * 86400000);
 
@@ -351,6 +361,12 @@ static void test_units(void **state)
     expect_bad("[timeouts]\nidle = 5ms\n", "out of range 10ms..1d", NULL);
     expect_bad("[timeouts]\nidle = 2d\n", "out of range", NULL);
     expect_bad("[timeouts]\nhandshake = 99999999999999999d\n", "handshake", NULL);
+    expect_bad("[delivery]\nlease = 999ms\n", "[delivery] lease", "out of range 1s..1h", NULL);
+    expect_bad("[delivery]\nlease = 2h\n", "lease", "out of range", NULL);
+    expect_bad("[delivery]\nenabled = maybe\n", "[delivery] enabled", NULL);
+    expect_ok(c, "[delivery]\nlease = 1s\nenabled = yes\n");
+    assert_int_equal(c->delivery.lease_ms, 1000);
+    assert_true(c->delivery.enabled);
 }
 
 static void test_hard_limits(void **state)
@@ -686,7 +702,7 @@ static void test_example_config(void **state)
     }
     fclose(f);
     /* Every key of docs/CONFIG.md appears. */
-    assert_int_equal(keys, 53);
+    assert_int_equal(keys, 68);
     assert_int_equal(
         cmtp_config_load_string(c, text, strlen(text), "uncommented", err, sizeof(err)), 0);
     assert_memory_equal(c, def, sizeof(*c));

@@ -1351,6 +1351,73 @@ static void test_body_iterator(void **state)
     queue_consumer_free(c);
 }
 
+/* A small body comes with its record: reading it (twice, as a transport that rewinds does) sends
+ * no command. A claim of messages spread over every shard costs a few round trips, not one per
+ * shard. */
+static void test_claim_batched(void **state)
+{
+    (void)state;
+    struct queue_consumer_config cfg;
+    struct queue_consumer_stats st0, st1;
+    struct claim_res cr;
+    char qid[CMTP_QID_MAX + 1];
+    const char *dom[] = {"dest.example", "mx.other.example", NULL};
+
+    ccfg(&cfg, "nodeA");
+    cfg.concurrency_per_dest = 100;
+    struct queue_consumer *c = copen(&cfg);
+    struct qmsg *m[40];
+    for (int i = 0; i < 40; i++) {
+        m[i] = msg_to(1000 + (size_t)i, dom);
+        send_msg(m[i], qid);
+    }
+    queue_consumer_get_stats(c, &st0);
+    assert_int_equal(claim(c, 80, &cr), 80); /* 40 messages split, 2 items each, one call */
+    queue_consumer_get_stats(c, &st1);
+    /* Per round: one CLAIM per shard, one ADOPT per home shard, one FINISHN per message shard;
+     * per item: one READ. Far below one command per shard and per step of every message. */
+    assert_true(st1.cmds_sent - st0.cmds_sent <= 2 * 16 + 2 + 16 + 80);
+    for (size_t i = 0; i < cr.n; i++) {
+        const struct queue_record *rec = queue_consumer_lease_record(cr.l[i]);
+        size_t len = (size_t)rec->env.size;
+        for (int pass = 0; pass < 2; pass++) {
+            struct queue_consumer_body *b = queue_consumer_body_open(cr.l[i]);
+            struct body_rd rd = {.dst = malloc(len), .cap = len};
+            queue_consumer_get_stats(c, &st0);
+            assert_int_equal(queue_consumer_body_next(b, body_cb, &rd), 0);
+            assert_false(rd.done); /* from the loop, never from inside the call */
+            assert_int_equal(queue_consumer_body_next(b, body_cb, &rd), -EBUSY);
+            assert_true(poll_loop_run_until(fx.pl, body_done, &rd, 5000));
+            queue_consumer_get_stats(c, &st1);
+            assert_int_equal(rd.err, 0);
+            assert_true(rd.last);
+            assert_int_equal(rd.off, len);
+            assert_int_equal(st1.cmds_sent, st0.cmds_sent); /* no LINDEX */
+            bool found = false;
+            for (int k = 0; k < 40 && !found; k++)
+                found = m[k]->len == len && memcmp(rd.dst, m[k]->body, len) == 0;
+            assert_true(found);
+            assert_int_equal(queue_consumer_body_next(b, body_cb, &rd), -ENODATA);
+            queue_consumer_body_close(b);
+            free(rd.dst);
+        }
+    }
+    /* A body closed while its prefetched chunk waits for the loop: dropped, no callback. */
+    struct queue_consumer_body *b = queue_consumer_body_open(cr.l[0]);
+    struct body_rd rd = {.dst = malloc(4096), .cap = 4096};
+    assert_int_equal(queue_consumer_body_next(b, body_cb, &rd), 0);
+    queue_consumer_body_close(b);
+    poll_loop_run_for(fx.pl, 50);
+    assert_false(rd.done);
+    free(rd.dst);
+    for (size_t i = 0; i < cr.n; i++)
+        finish(cr.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+    assert_int_equal(count_keys_with(":env:"), 0);
+    for (int i = 0; i < 40; i++)
+        qmsg_free(m[i]);
+    queue_consumer_free(c);
+}
+
 struct sum_res {
     bool done;
     int err;
@@ -1732,6 +1799,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrency_limit, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_quarantine, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_body_iterator, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_claim_batched, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_misuse, test_setup, test_teardown),
