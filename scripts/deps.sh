@@ -9,7 +9,7 @@ PKGS=(
   android-libboringssl-dev android-boringssl
   liburing-dev libjemalloc-dev libhiredis-dev redis-server redis-tools
   libcmocka-dev libidn2-dev libutf8proc-dev libinih-dev libjansson-dev libc-ares-dev
-  openssl swaks postfix dovecot-lmtpd gnuplot-nox procps iproute2 python3
+  openssl swaks libnet-ssleay-perl postfix dovecot-lmtpd gnuplot-nox procps iproute2 python3
 )
 
 missing=()

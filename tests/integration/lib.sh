@@ -56,3 +56,58 @@ rcli() { local name=$1; shift; redis-cli -s "$T/$name.sock" "$@"; }
 
 # certs DIR NAME...: test certificates (see scripts/gen-certs.sh).
 certs() { bash "$TOP/scripts/gen-certs.sh" "$@" >/dev/null; }
+
+# poll SECONDS CMD...: retry CMD every 0.1 s for up to SECONDS.
+poll() {
+  local n=$(($1 * 10)) i; shift
+  for i in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+
+# pyck SCRIPT ARGS...: a Python check that prints "ok" when it holds.
+pyck() { local s=$1; shift; [ "$(python3 -c "$s" "$@" 2>&1)" = ok ]; }
+
+# listening [HOST] PORT: something accepts TCP connections there (HOST defaults to 127.0.0.1).
+listening() {
+  local host=127.0.0.1
+  [ $# -gt 1 ] && { host=$1; shift; }
+  python3 -c "import socket; socket.create_connection(('$host', $1), 1)"
+}
+
+# start_dovecot DIR: a private Dovecot LMTP server (root only: it delivers as nobody) with a
+# static userdb, Maildirs under DIR/mail/<domain>/<user>, no Received: field of its own, and its
+# LMTP Unix socket at DIR/run/lmtp; [PORT] adds a TCP listener on 127.0.0.1. Returns non-zero
+# when it cannot run here (not root, or no dovecot-lmtpd).
+start_dovecot() {
+  local dir=$1 port=${2:-}
+  [ "$(id -u)" -eq 0 ] && command -v dovecot >/dev/null || return 1
+  mkdir -p "$dir/run" "$dir/state" "$dir/mail"
+  chown nobody:nogroup "$dir/mail" 2>/dev/null
+  chmod o+x "$T" "$dir"
+  {
+    cat <<CONF
+base_dir = $dir/run
+state_dir = $dir/state
+log_path = $dir/dovecot.log
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+mail_location = maildir:$dir/mail/%d/%n
+first_valid_uid = 1
+lmtp_add_received_header = no
+passdb {
+  driver = static
+  args = nopassword=y
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=$dir/home/%d/%n
+}
+service lmtp {
+CONF
+    [ -n "$port" ] && printf '  inet_listener lmtp {\n    address = 127.0.0.1\n    port = %s\n  }\n' "$port"
+    printf '  unix_listener lmtp {\n    mode = 0600\n  }\n}\n'
+  } >"$dir/dovecot.conf"
+  dovecot -F -c "$dir/dovecot.conf" 2>"$dir/stderr" &
+  PIDS+=("$!")
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""tests/integration/lmtp_sink.py PORT DIR — a small LMTP server (RFC 2033) for the delivery tests.
+"""tests/integration/lmtp_sink.py PORT DIR [OPTIONS] — a small LMTP server (RFC 2033) for the
+delivery tests.
 
 It speaks LHLO (PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES), MAIL, RCPT, DATA with dot-unstuffing
 and one reply per accepted recipient, RSET, NOOP, QUIT. Each delivered message is written to
@@ -10,16 +11,35 @@ part selects a behaviour, so that one server covers every case of the test:
   temp1-*   the first delivery attempt gets 451 4.2.0 after the data, later ones 250
   stall-*   the first attempt gets no reply after the data (the connection is held open);
             DIR/stalled is created then
+  r421-*    the data gets 421 4.3.2 (the connection is left open: the client must drop it)
   anything  250 2.0.0 after the data
+
+Options (for the connection reuse test, tests/integration/test_conn_reuse.sh):
+
+  --conn-log      DIR/conns gets one line per connection event: "open N", "lhlo N",
+                  "deliver N" (one per recipient), "r421 N", "drop N", "idle-close N",
+                  "quit N", "close N" (N numbers the connections from 1)
+  --idle-close S  a connection idle for S seconds gets 421 4.4.2 and is closed
+  --idle-drop S   a command on a connection that was idle for more than S seconds is not
+                  answered: the connection is closed at once (to the client, a stale one)
 """
+import argparse
 import asyncio
 import os
-import sys
+import time
 
-PORT = int(sys.argv[1])
-DIR = sys.argv[2]
+ap = argparse.ArgumentParser()
+ap.add_argument("port", type=int)
+ap.add_argument("dir")
+ap.add_argument("--conn-log", action="store_true")
+ap.add_argument("--idle-close", type=float, default=0)
+ap.add_argument("--idle-drop", type=float, default=0)
+ARGS = ap.parse_args()
+PORT = ARGS.port
+DIR = ARGS.dir
 seen = {}
 count = 0
+conns = 0
 
 
 def log(line):
@@ -27,22 +47,54 @@ def log(line):
         f.write(line + "\n")
 
 
+def clog(n, what):
+    if ARGS.conn_log:
+        with open(os.path.join(DIR, "conns"), "a") as f:
+            f.write("%s %d\n" % (what, n))
+
+
 async def session(reader, writer):
+    global count, conns
+    conns += 1
+    cid = conns
+    clog(cid, "open")
+    try:
+        await session_run(cid, reader, writer)
+    finally:
+        clog(cid, "close")
+
+
+async def session_run(cid, reader, writer):
     global count
     writer.write(b"220 sink.test LMTP ready\r\n")
     mail = None
     rcpts = []
+    last = time.monotonic()
     try:
         while True:
-            line = await reader.readline()
+            if ARGS.idle_close > 0:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), ARGS.idle_close)
+                except asyncio.TimeoutError:
+                    clog(cid, "idle-close")
+                    writer.write(b"421 4.4.2 sink.test idle for too long\r\n")
+                    await writer.drain()
+                    return
+            else:
+                line = await reader.readline()
             if not line:
                 return
+            if ARGS.idle_drop > 0 and time.monotonic() - last > ARGS.idle_drop:
+                clog(cid, "drop")
+                return
+            last = time.monotonic()
             if not line.endswith(b"\r\n"):
                 log("bare line ending %r" % line[:40])
                 return
             cmd = line[:-2].decode("utf-8", "replace")
             verb = cmd.split(" ", 1)[0].upper()
             if verb == "LHLO":
+                clog(cid, "lhlo")
                 writer.write(b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
                              b"250 ENHANCEDSTATUSCODES\r\n")
             elif verb == "MAIL":
@@ -87,6 +139,11 @@ async def session(reader, writer):
                     await asyncio.sleep(3600)
                     return
                 for r in rcpts:
+                    if r.startswith("r421-"):
+                        log("421 " + r)
+                        clog(cid, "r421")
+                        writer.write(b"421 4.3.2 sink.test shutting down\r\n")
+                        continue
                     if r.startswith("temp1-") and seen[r] == 1:
                         log("tempfail " + r)
                         writer.write(b"451 4.2.0 try again later\r\n")
@@ -95,6 +152,7 @@ async def session(reader, writer):
                     with open(os.path.join(DIR, "msg-%d-%s" % (count, r)), "wb") as f:
                         f.write(body)
                     log("delivered %s %d" % (r, len(body)))
+                    clog(cid, "deliver")
                     writer.write(b"250 2.0.0 saved\r\n")
                 mail = None
                 rcpts = []
@@ -105,6 +163,7 @@ async def session(reader, writer):
             elif verb == "NOOP":
                 writer.write(b"250 2.0.0 ok\r\n")
             elif verb == "QUIT":
+                clog(cid, "quit")
                 writer.write(b"221 2.0.0 bye\r\n")
                 await writer.drain()
                 return

@@ -43,17 +43,9 @@ await() {
 }
 start() { launch "$1"; await "$1"; }
 
-# poll SECONDS CMD...: retry CMD every 0.1 s.
-poll() {
-  local n=$(($1 * 10)) i; shift
-  for i in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
-}
 envs() { rcli r --scan --pattern "$1:*:env:*" | wc -l; }
 no_envs() { [ "$(envs "$1")" -eq 0 ]; }
 files_in() { find "$1" -type f -path '*/new/*' 2>/dev/null | wc -l; }
-# pyck SCRIPT ARGS...: a Python check that prints "ok" when it holds.
-pyck() { local s=$1; shift; [ "$(python3 -c "$s" "$@" 2>&1)" = ok ]; }
 
 # Bodies: dots at line starts, "CRLF . CRLF" inside, a line that is only "..", NUL and 8-bit
 # octets (for the stores that keep octets); the text one for Dovecot.
@@ -117,44 +109,8 @@ conf a "$PA" mx.a.test "$T/tlsa" "$T/tlsb/ca.crt" '[delivery]' 'local_domains = 
 mkdir -p "$T/sink"
 python3 "$TOP/tests/integration/lmtp_sink.py" "$PS" "$T/sink" 2>"$T/sink.err" &
 PIDS+=("$!")
-mkdir -p "$T/dovecot/run" "$T/dovecot/state" "$T/dovecot/mail"
-chown nobody:nogroup "$T/dovecot/mail" 2>/dev/null
-chmod o+x "$T/dovecot"
-cat >"$T/dovecot/dovecot.conf" <<CONF
-base_dir = $T/dovecot/run
-state_dir = $T/dovecot/state
-log_path = $T/dovecot/dovecot.log
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-mail_location = maildir:$T/dovecot/mail/%d/%n
-first_valid_uid = 1
-lmtp_add_received_header = no
-passdb {
-  driver = static
-  args = nopassword=y
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$T/dovecot/home/%d/%n
-}
-service lmtp {
-  inet_listener lmtp {
-    address = 127.0.0.1
-    port = $PD
-  }
-  unix_listener lmtp {
-    mode = 0600
-  }
-}
-CONF
 DOVECOT=1
-if [ "$(id -u)" -ne 0 ] || ! command -v dovecot >/dev/null; then
-  DOVECOT=0 # it runs its LMTP as nobody: needs root (and the dovecot-lmtpd package)
-else
-  dovecot -F -c "$T/dovecot/dovecot.conf" 2>"$T/dovecot/stderr" &
-  PIDS+=("$!")
-fi
+start_dovecot "$T/dovecot" "$PD" || DOVECOT=0 # it delivers as nobody: needs root (and dovecot-lmtpd)
 for n in m l v b a; do launch $n; done
 for n in m l v b a; do await $n; done
 wait_for test -f "$T/sink/ready" || bad "lmtp sink starts"

@@ -4,8 +4,8 @@
 # cmtpd, the printed test command works, SIGTERM leaves no process behind.
 source "$(dirname "$0")/lib.sh"
 
-PORT=$(free_port)
-CMTP_STATE_DIR="$T/state" CMTP_PORT=$PORT CMTP_BUILD="$B" bash "$TOP/scripts/run.sh" >"$T/run.out" 2>"$T/run.err" &
+PORT=$(free_port) SPORT=$(free_port)
+CMTP_STATE_DIR="$T/state" CMTP_PORT=$PORT CMTP_SMTP_PORT=$SPORT CMTP_BUILD="$B" bash "$TOP/scripts/run.sh" >"$T/run.out" 2>"$T/run.err" &
 RUN=$!
 PIDS+=("$RUN")
 wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)"
@@ -20,6 +20,13 @@ rpid=$(cat "$T/state/redis/redis.pid" 2>/dev/null)
 cmd=$(grep -A2 'printf' "$T/run.out" | sed "s|build/cmtp-send|$B/cmtp-send|" | tr -d '\\\n')
 out=$(bash -c "$cmd" 2>&1)
 check "the printed command sends a message" grep -q '^accepted id=' <<<"$out"
+# The printed swaks command: SMTP ingress with STARTTLS, delivered into the Maildir.
+scmd=$(grep '^  swaks ' "$T/run.out")
+check "make run prints a swaks command for its SMTP ingress" [ -n "$scmd" ]
+sout=$(bash -c "$scmd --timeout 10" 2>&1)
+check "the printed swaks command works (STARTTLS, queued)" \
+  bash -c 'grep -q "TLS started with cipher TLSv1.3" <<<"$1" && grep -q "250 2.0.0 Ok: queued as" <<<"$1"' _ "$sout"
+check "both test messages land in the Maildir" wait_for bash -c '[ "$(find "$1" -type f 2>/dev/null | wc -l)" -ge 2 ]' _ "$T/state/maildir/example.test/you/new"
 # Supervision: kill -9 the embedded redis-server; the keeper restarts it and mail flows again.
 kill -9 "$rpid"
 wait_for bash -c '[ "$(redis-cli -s "$1" ping 2>/dev/null)" = PONG ]' _ "$T/state/redis/redis.sock"
