@@ -25,7 +25,9 @@ pf_available() {
 
 # pf_setup DIR PORT CERT KEY [MAXPROC]: writes DIR/conf/{main,master}.cf, DIR/queue, DIR/data and
 # copies CERT and KEY (PEM, any key type OpenSSL takes: Ed25519, ECDSA) into DIR. smtpd listens
-# on 127.0.0.1:PORT with at most MAXPROC (default 100) processes. Returns non-zero on failure.
+# on 127.0.0.1:PORT with at most MAXPROC (default 100) processes. PF_MAIN_EXTRA, when set, is
+# merged into main.cf, its keys replacing the defaults above (the tests use it to relay to
+# cmtpd's SMTP ingress instead of discarding). Returns non-zero on failure.
 pf_setup() {
   local dir=$1 port=$2 cert=$3 key=$4 maxproc=${5:-100}
   local parent
@@ -64,6 +66,14 @@ maillog_file = $dir/maillog
 maillog_file_prefixes = $dir
 biff = no
 CONF
+  if [ -n "${PF_MAIN_EXTRA:-}" ]; then
+    # Each extra "key = value" replaces the default line of the same key (no duplicates).
+    printf '%s\n' "$PF_MAIN_EXTRA" >"$dir/conf/extra.cf"
+    awk -F' *= *' 'NR == FNR { if (NF > 1) x[$1] = 1; next } !($1 in x)' \
+      "$dir/conf/extra.cf" "$dir/conf/main.cf" >"$dir/conf/main.tmp" &&
+      cat "$dir/conf/extra.cf" >>"$dir/conf/main.tmp" &&
+      mv "$dir/conf/main.tmp" "$dir/conf/main.cf" || return 1
+  fi
   cat >"$dir/conf/master.cf" <<CONF
 127.0.0.1:$port inet n - n - $maxproc smtpd
 pickup    unix  n - n 60 1 pickup
@@ -81,6 +91,7 @@ showq     unix  n - n -  - showq
 error     unix  - - n -  - error
 retry     unix  - - n -  - error
 discard   unix  - - n -  - discard
+smtp      unix  - - n -  - smtp
 anvil     unix  - - n -  1 anvil
 scache    unix  - - n -  1 scache
 postlog   unix-dgram n - n - 1 postlogd

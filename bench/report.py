@@ -702,12 +702,12 @@ def main():
              "configuration (AOF, `appendfsync always`, no RDB), a fresh redis-server for each "
              "run; log level info to a file. TLS: %s." % (
                  M.get("workers_default"), M.get("tls_cmtpd") or "?"))
-    L.append("- **Delivery during the ingest runs**: cmtpd has no switch that turns delivery "
-             "off; in the ingest-only runs its LMTP next hop is a closed port on 127.0.0.1, so "
-             "the delivery engine is refused, defers and backs off (retries in an hour). Its log "
-             "over the whole bench: %s accepted, %s deferred (ingest runs), %s delivered (relay "
-             "runs)." % (M.get("log_accepted", "?"), M.get("log_deferred", "?"),
-                         M.get("log_delivered", "?")))
+    L.append("- **Delivery during the ingest runs**: the ingest-only runs set `[delivery] "
+             "enabled = no` (an ingest-only node: its delivery engine claims nothing, so accepted "
+             "messages stay queued in Redis); only the relay runs deliver. cmtpd's log over the "
+             "whole bench: %s accepted, %s delivered (relay runs), %s deferred." % (
+                 M.get("log_accepted", "?"), M.get("log_delivered", "?"),
+                 M.get("log_deferred", "?")))
     L.append("- **Postfix**: %s" % (
         ("Postfix %s, private instance (own main.cf, queue on the same filesystem), smtpd "
          "with STARTTLS, TLS 1.3 only, the same Ed25519 certificate, delivery to `discard:`, "

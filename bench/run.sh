@@ -13,7 +13,8 @@ cd "$TOP" || exit 3
 usage() {
   cat <<'USAGE'
 usage: bash bench/run.sh [--quick] [--runs N] [--out DIR] [--workers "1 2 ..."] [--build DIR]
-                         [--conns N] [--idle N] [--duration S] [--relay] [--no-profile] [--keep]
+                         [--conns N] [--idle N] [--duration S] [--no-relay] [--only relay]
+                         [--no-profile] [--keep]
 
   --quick        1 run of each measurement, about 1 s each, smaller sets (500 idle
                  connections); proves the bench works, numbers not worth quoting.
@@ -30,6 +31,9 @@ usage: bash bench/run.sh [--quick] [--runs N] [--out DIR] [--workers "1 2 ..."] 
   --duration S   measured seconds of each load run (default 4; --quick 1)
   --no-relay     skip the relay end-to-end measurement (cmtpd delivering over LMTP to a
                  sink; see measure_relay)
+  --only relay   measure only the relay end to end and, in the same run, the ingest-only rate
+                 it is compared with (1 KiB, persistent sessions); no Postfix, no Redis
+                 reference, no report file: the figures are printed (and kept with --keep)
   --no-profile   skip the perf profiles of cmtpd (made in full runs when perf works)
   --keep         keep the work folder (raw outputs of every run, pids.txt: every process
                  started, all stopped at exit); made under $TMPDIR (default /tmp)
@@ -45,6 +49,7 @@ CONNS=
 IDLE_N=
 DUR=
 RELAY=1
+ONLY=
 PROFILE=1
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -58,6 +63,11 @@ while [ $# -gt 0 ]; do
   --idle) IDLE_N=$2; shift ;;
   --duration) DUR=$2; shift ;;
   --no-relay) RELAY=0 ;;
+  --only)
+    ONLY=$2
+    shift
+    [ "$ONLY" = relay ] || { echo "bench/run.sh: --only takes: relay" >&2; exit 2; }
+    ;;
   --no-profile) PROFILE=0 ;;
   --keep) KEEP=1 ;;
   -h | --help) usage; exit 0 ;;
@@ -183,14 +193,12 @@ stop_redis() {
 
 rcli() { redis-cli -s "$REDIS_SOCK" "$@"; }
 
-# INGEST_DELIVERY: the [delivery] lines of the ingest-only runs. cmtpd has no switch that turns
-# delivery off, so its LMTP next hop is a closed port on 127.0.0.1: the first attempts are
-# refused and deferred, the destination is backed off (retries in an hour), and the delivery
-# engine stays out of the way of ingest. The report counts the deferrals (cmtpd's log).
-INGEST_DELIVERY="mode = lmtp
-lmtp = 127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-retry_base = 1h
-retry_max = 1h"
+# INGEST_DELIVERY: the [delivery] lines of the ingest-only runs: `enabled = no`, an ingest-only
+# node (what operators run to split ingest and delivery nodes): its delivery engine claims nothing
+# and takes no report items, so accepted messages stay queued in Redis and nothing but ingest
+# runs. The report counts the log's delivery events over the whole bench (only the relay runs
+# deliver).
+INGEST_DELIVERY="enabled = no"
 
 # write_cmtpd_conf WORKERS [DELIVERY]: the generated configuration (workers, no per-IP limit,
 # 20000 connections, our Ed25519 certificate, the private Redis, the bench's recipient domain
@@ -375,7 +383,9 @@ PF_PORT=$(free_port)
 meta cert "Ed25519 leaf (scripts/gen-certs.sh), same certificate and key for cmtpd and Postfix"
 
 # The private Postfix starts in the background (postfix-script takes several seconds).
-if pf_available; then
+if [ -n "$ONLY" ]; then
+  meta postfix_missing "not started (--only $ONLY)"
+elif pf_available; then
   if pf_setup "$PF" "$PF_PORT" "$W/tls/server.crt" "$W/tls/server.key" 100; then
     pf_start "$PF"
     PF_ON=1
@@ -395,6 +405,10 @@ tls_params() {
       /^New, / {c=$0} END {sub(/^New, /, "", c); print c "; key exchange " k "; signature " s}'
 }
 meta tls_cmtpd "$(tls_params "$CMTP_PORT" -alpn cmtp/1)"
+
+# Sections 1-6 are skipped with --only relay (section 7 measures the ingest-only reference
+# itself then).
+if [ -z "$ONLY" ]; then
 
 # --- 1-2. the crypto floor and full TLS 1.3 handshakes, interleaved ------------------------------
 # bssl-tool reports wall time; its own CPU time (cpu_us, from getrusage) is kept too, so that the
@@ -505,16 +519,19 @@ for k in $(seq 1 "$RUNS"); do
   cb "$R/idle.$k.json" --idle "$IDLE_N" --idle-hold "$IDLE_HOLD"
 done
 
+fi # [ -z "$ONLY" ]
+
 # --- 7. relay end to end vs ingest only ---------------------------------------------------------
 # measure_relay: ingest -> delivery over LMTP to a sink on 127.0.0.1, compared with ingest alone
-# (1 KiB, persistent sessions). The sink (Python, below) answers every recipient 250 and writes
-# "wall-time delivered-count" every 0.1 s; cmtpd runs with [delivery] mode = lmtp towards it; the
-# closed loop ingests for DUR seconds after the warm-up while cmtpd delivers. The end-to-end rate
+# (1 KiB, persistent sessions). The sink (cmtp-lmtp-sink, bench/lmtp_sink_main.c: one thread,
+# epoll; the Python one below only when that program is missing) answers every recipient 250 and
+# writes "wall-time delivered-count" every 0.1 s; cmtpd runs with [delivery] mode = lmtp towards
+# it; the closed loop ingests for DUR seconds after the warm-up while cmtpd delivers. The end-to-end rate
 # is the number of messages the sink received during the measured interval over its length: what
 # flows through while ingest runs (when delivery is slower, the backlog grows and the end-to-end
 # rate is the delivery rate). report.py divides it by the ingest-only median (target >= 0.8). A
 # run where nothing reached the sink reports "not measured", never a number. The sink's CPU is
-# kept (relay.K.sink): if it is near one core, the sink limits and a C sink is needed.
+# kept (relay.K.times): if it is near one core, the sink limits.
 measure_relay() {
   if [ "$RELAY" -ne 1 ]; then
     echo "not measured (--no-relay)" >"$R/relay.status"
@@ -522,8 +539,18 @@ measure_relay() {
   fi
   local k i t0 t1 port s0
   for k in $(seq 1 "$RUNS"); do
+    if [ -n "$ONLY" ]; then
+      # The ingest-only reference, measured just before each relay run ([delivery] enabled =
+      # no: nothing is claimed or delivered).
+      restart_stack "$NPROC" &&
+        cb "$R/msg_cmtp_1k.$k.json" -c "$(conns_for 1k)" -w "$WARM" -d "$DUR" --size 1k
+    fi
     port=$(free_port)
-    python3 - "$port" "$R/relay.$k.count" <<'PY' &
+    if [ -x "$B/cmtp-lmtp-sink" ]; then
+      "$B/cmtp-lmtp-sink" -p "$port" -o "$R/relay.$k.count" 2>"$R/relay.$k.sink.err" &
+    else
+      [ "$k" -gt 1 ] || log "note: $B/cmtp-lmtp-sink missing: the Python LMTP sink is used"
+      python3 - "$port" "$R/relay.$k.count" <<'PY' &
 import asyncio, os, signal, sys, time
 port, out = int(sys.argv[1]), sys.argv[2]
 count = 0
@@ -573,6 +600,7 @@ async def main():
     await asyncio.gather(srv.serve_forever(), dump())
 asyncio.run(main())
 PY
+    fi
     SINK_PID=$!
     echo "$SINK_PID lmtp-sink" >>"$W/pids.txt"
     for i in $(seq 1 100); do tcp_up "$port" && break; sleep 0.05; done
@@ -596,6 +624,29 @@ lmtp = 127.0.0.1:$port"; then
 }
 log "relay end to end: ingest and delivery over LMTP to a sink"
 measure_relay
+if [ -n "$ONLY" ]; then
+  stop_cmtpd
+  stop_redis
+  # The figures report.py would quote, from the same raw files.
+  python3 -c 'import sys
+sys.path.insert(0, sys.argv[1])
+import report
+raw = report.Raw(sys.argv[2])
+rel, why = report.relay(raw)
+k1 = report.Stat(raw.series("msg_cmtp_1k", lambda j: j["msgs_per_s"]))
+if rel is None:
+    print("relay end to end: %s; ingest only %s msgs/s" % (why, k1.fmt()))
+    sys.exit(1)
+r = rel["e2e"].med / k1.med if k1.med else None
+print("ingest only:              %s msgs/s (median and spread of %d runs)" % (k1.fmt(), raw.runs))
+print("relay end to end:         %s msgs/s delivered to the LMTP sink" % rel["e2e"].fmt())
+print("ingest during relay runs: %s msgs/s" % rel["ingest"].fmt())
+print("sink CPU:                 %s %% of one core" % rel["sink_cpu_pct"].fmt(0))
+print("backlog at the end:       %s messages" % rel["backlog"].fmt(0))
+print("ratio relay / ingest:     %s (target >= 0.8)" % (report.num(r) if r else "-"))' \
+    "$TOP/bench" "$R"
+  exit $?
+fi
 
 # --- 8. scaling: cmtpd workers --------------------------------------------------------------------
 log "scaling: workers $(echo $WORKERS), 1k"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # scripts/run.sh — `make run`: one appliance on this machine with the embedded defaults: a private
 # redis-server started and stopped by cmtpd (AOF fsync=always, data under ./state/redis),
-# self-signed certificates made on first run (./state/tls), delivery to ./state/maildir.
+# self-signed certificates made on first run (./state/tls), delivery to ./state/maildir, and the
+# SMTP ingress for the local MTA on 127.0.0.1:2525 (CMTP_SMTP_PORT).
 # Runs in the foreground; Ctrl-C drains and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${CMTP_STATE_DIR:-$PWD/state}
 port=${CMTP_PORT:-4465}
+smtp_port=${CMTP_SMTP_PORT:-2525}
 host=${CMTP_HOSTNAME:-localhost.localdomain}
 mkdir -p "$state"
 bash scripts/gen-certs.sh "$state/tls" "$host" >/dev/null
@@ -29,15 +31,28 @@ maildir = $state/maildir
 
 [admin]
 socket = $state/cmtpd.sock
+
+[smtp_ingress]
+listen = 127.0.0.1:$smtp_port
+trusted_networks = 127.0.0.0/8, ::1/128
 CONF
 fi
+# The ports of the config in use (it may have been edited since the first run).
+port=$(sed -n 's/^listen = 127.0.0.1:\([0-9]*\)$/\1/p' "$conf" | head -1)
+smtp_port=$(sed -n '/^\[smtp_ingress\]/,/^\[/s/^listen = 127.0.0.1:\([0-9]*\)$/\1/p' "$conf" | head -1)
 cat <<MSG
-cmtpd: CMTP/1 on 127.0.0.1:$port (TLS 1.3, ALPN cmtp/1), state in $state
+cmtpd: CMTP/1 on 127.0.0.1:$port (TLS 1.3, ALPN cmtp/1), SMTP ingress on 127.0.0.1:${smtp_port:-none}, state in $state
 Send a test message from another terminal:
 
   printf 'Subject: hello\r\n\r\nhello over CMTP\r\n' | \\
     build/cmtp-send --ca $state/tls/ca.crt --server 127.0.0.1:$port --verify-name localhost \\
       --from me@example.test --to you@example.test
+
+or the way the provider's own MTA hands mail over (SMTP with STARTTLS):
+
+  swaks --server 127.0.0.1:$smtp_port --tls --from me@example.test --to you@example.test
+
+Delivered mail lands in $state/maildir/example.test/you/new/.
 
 Probe the TLS endpoint by hand:  openssl s_client -connect 127.0.0.1:$port -alpn cmtp/1 -tls1_3 -CAfile $state/tls/ca.crt
 Stop with Ctrl-C (drains, then stops the private redis-server).
