@@ -532,6 +532,8 @@ fi # [ -z "$ONLY" ]
 # rate is the delivery rate). report.py divides it by the ingest-only median (target >= 0.8). A
 # run where nothing reached the sink reports "not measured", never a number. The sink's CPU is
 # kept (relay.K.times): if it is near one core, the sink limits.
+RELAY_CONC=${CMTP_BENCH_RELAY_CONCURRENCY:-128}
+meta relay_concurrency "$RELAY_CONC"
 measure_relay() {
   if [ "$RELAY" -ne 1 ]; then
     echo "not measured (--no-relay)" >"$R/relay.status"
@@ -604,8 +606,12 @@ PY
     SINK_PID=$!
     echo "$SINK_PID lmtp-sink" >>"$W/pids.txt"
     for i in $(seq 1 100); do tcp_up "$port" && break; sleep 0.05; done
+    # The provider's store is one destination: a local LMTP store is configured with a higher
+    # per-destination concurrency than the polite default of 20 meant for remote next hops (as
+    # Postfix operators raise lmtp_destination_concurrency_limit). The value is in the report.
     if ! restart_stack "$NPROC" "mode = lmtp
-lmtp = 127.0.0.1:$port"; then
+lmtp = 127.0.0.1:$port
+concurrency_per_dest = $RELAY_CONC"; then
       stop_pid "$SINK_PID"
       SINK_PID=
       continue
