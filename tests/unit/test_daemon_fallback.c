@@ -78,13 +78,13 @@ static void test_reason(void **state)
     assert_string_equal(r, "fallback smtp via h:25 none: ");
     /* bounded: the facts stay, the reply is cut */
     char longreply[400];
-    memset(longreply, 'x', sizeof(longreply) - 1);
+    memset(longreply, 'r', sizeof(longreply) - 1);
     longreply[sizeof(longreply) - 1] = '\0';
     cmtpd_fallback_reason(r, sizeof(r), CMTP_FALLBACK_SMTP_TLS, "127.0.0.1:25",
                           "TLSv1.3/TLS_AES_256_GCM_SHA384", false, longreply);
     assert_int_equal(strlen(r), QUEUE_REASON_MAX - 1);
     const char *facts = "fallback smtp-tls via 127.0.0.1:25 TLSv1.3/TLS_AES_256_GCM_SHA384 "
-                        "unverified: xxx";
+                        "unverified: rrr";
     assert_memory_equal(r, facts, strlen(facts));
     /* len 0 writes nothing */
     r[0] = 'q';
