@@ -2,7 +2,8 @@
 # tests/run.sh — run every test suite of the project and print one summary line for CI:
 # "N passed, N failed". Each suite's output goes to build/test-logs/<suite>.log; failures are
 # printed in full. Counts come from cmocka's own summary or a suite's "N passed, N failed" line.
-# Environment: CMTP_FUZZ_SECONDS (default 8 per target; longer runs by hand, see README), CMTP_TEST_FILTER (substring of suite
+# Environment: CMTP_FUZZ_SECONDS (default 5 per target: a smoke run from the committed corpus;
+# long runs by hand, see README), CMTP_TEST_FILTER (substring of suite
 # names to run), CMTP_INTEGRATION_BUILDS (default "build/asan build").
 set -u
 cd "$(dirname "$0")/.."
@@ -67,7 +68,7 @@ for b in ${CMTP_INTEGRATION_BUILDS:-build/asan build}; do
 done
 
 # Fuzz targets: regressions first, then a bounded run from the committed corpus.
-secs=${CMTP_FUZZ_SECONDS:-8}
+secs=${CMTP_FUZZ_SECONDS:-5}
 for fz in build/fuzz/fuzz_*; do
   [ -x "$fz" ] || continue
   n=$(basename "$fz"); n=${n#fuzz_}
