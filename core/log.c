@@ -399,6 +399,7 @@ void cmtp_log_init(struct cmtp_log *log, enum cmtp_log_level level, enum cmtp_lo
 {
     atomic_init(&log->level, (int)level);
     log->format = format;
+    log->parent = NULL;
     if (sink == NULL) {
         log->sink = cmtp_log_sink_fd;
         log->arg = (void *)(intptr_t)2;
@@ -408,9 +409,22 @@ void cmtp_log_init(struct cmtp_log *log, enum cmtp_log_level level, enum cmtp_lo
     }
 }
 
+void cmtp_log_init_child(struct cmtp_log *log, const struct cmtp_log *parent, cmtp_log_sink_fn sink,
+                         void *arg)
+{
+    atomic_init(&log->level, CMTP_LOG_ERROR);
+    log->format = parent->format;
+    log->sink = sink;
+    log->arg = arg;
+    log->parent = parent;
+}
+
 bool cmtp_log_enabled(const struct cmtp_log *log, enum cmtp_log_level level)
 {
-    return log != NULL && (int)level <= atomic_load_explicit(&log->level, memory_order_relaxed);
+    if (log == NULL)
+        return false;
+    const struct cmtp_log *lv = log->parent != NULL ? log->parent : log;
+    return (int)level <= atomic_load_explicit(&lv->level, memory_order_relaxed);
 }
 
 void cmtp_log_event(const struct cmtp_log *log, enum cmtp_log_level level, const char *event,

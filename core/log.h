@@ -41,6 +41,9 @@ struct cmtp_log {
     enum cmtp_log_format format;
     cmtp_log_sink_fn sink;
     void *arg;
+    /* parent, when not NULL, is the logger whose level this one follows (cmtp_log_init_child);
+     * |level| is then unused. */
+    const struct cmtp_log *parent;
 };
 
 /* cmtp_log_field_type says which member of a cmtp_log_field holds the value. */
@@ -103,6 +106,13 @@ static inline struct cmtp_log_field cmtp_log_uint(const char *key, uint64_t v)
  * |sink| with |arg|. A NULL |sink| selects cmtp_log_sink_fd on standard error (fd 2). */
 void cmtp_log_init(struct cmtp_log *log, enum cmtp_log_level level, enum cmtp_log_format format,
                    cmtp_log_sink_fn sink, void *arg);
+
+/* cmtp_log_init_child sets up |log| to write in |parent|'s format through its own |sink| with
+ * |arg|, at whatever level |parent| has at the time of each event (so that one
+ * cmtp_log_set_level on |parent| changes its children too). |parent| must outlive |log|. A
+ * worker thread uses one to batch its lines (see cmtpd's worker log). */
+void cmtp_log_init_child(struct cmtp_log *log, const struct cmtp_log *parent, cmtp_log_sink_fn sink,
+                         void *arg);
 
 /* cmtp_log_set_level changes the level of |log| at run time; safe while other threads log
  * (the one field a logger lets change after cmtp_log_init). */

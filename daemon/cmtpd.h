@@ -28,6 +28,11 @@
  * session has unprocessed input: two full TLS records plus room for a partial command. */
 #define CMTPD_RBUF_SIZE (64 * 1024)
 
+/* CMTPD_LOGBUF_SIZE is a worker's log batch: the lines one loop iteration logs go out in one
+ * write(2) per CMTPD_LOGBUF_SIZE octets. PIPE_BUF, so that a batch written to a pipe (a journal,
+ * a log collector) never interleaves with another worker's. */
+#define CMTPD_LOGBUF_SIZE 4096
+
 /* CMTPD_IP_SLOTS is the size of the per-IP connection table: addresses hash into it, so two
  * addresses may share a slot and count together (the limit can only be stricter, never looser). */
 #define CMTPD_IP_SLOTS 65536
@@ -136,12 +141,23 @@ struct cmtpd_worker {
     struct cmtpd_smtp *smtp_sessions; /* intrusive list of live SMTP ingress sessions */
     bool draining;
     struct cmtpd_counters ctr;
+    /* log is the worker's logger (cmtpd_worker_log): it follows the process log's level and,
+     * when that log writes to a file descriptor, batches the lines of a loop iteration in
+     * |logbuf| (written by cmtpd_worker_log_flush, from the loop's before_sleep hook). */
+    struct cmtp_log log;
+    size_t log_len;
+    char logbuf[CMTPD_LOGBUF_SIZE];
     struct cmtpd_delivery *dl;           /* the delivery engine (daemon/delivery.c), or NULL */
     struct cmtpd_delivery_counters dctr; /* its counters: live as long as the worker */
     /* scratch receives decrypted input while a session's on_data runs (one at a time on a
      * worker), so that only sessions with input left over hold a buffer of their own. */
     uint8_t scratch[CMTPD_RBUF_SIZE];
 };
+
+/* cmtpd_worker_log_init sets up |w|->log (|w|->d must be set); cmtpd_worker_log_flush writes
+ * what |w|->log batched. Worker thread only. */
+void cmtpd_worker_log_init(struct cmtpd_worker *w);
+void cmtpd_worker_log_flush(struct cmtpd_worker *w);
 
 /* cmtpd is the process: the immutable configuration, the log, the engine and the workers. */
 struct cmtpd {

@@ -85,7 +85,7 @@ void cmtpd_delivery_why(char *out, size_t len, const char *fmt, ...)
 
 const struct cmtp_log *cmtpd_delivery_log(const struct cmtpd_delivery *dl)
 {
-    return &dl->w->d->log;
+    return &dl->w->log;
 }
 
 void cmtpd_delivery_derive_txid(char out[CMTP_TXID_MAX + 1], const void *const *parts,

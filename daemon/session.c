@@ -62,7 +62,40 @@ static uint64_t wall_ms(void)
 
 static const struct cmtp_log *sess_log(const struct cmtpd_sess *s)
 {
-    return &s->w->d->log;
+    return &s->w->log;
+}
+
+void cmtpd_worker_log_flush(struct cmtpd_worker *w)
+{
+    if (w->log_len == 0)
+        return;
+    cmtp_log_sink_fd(w->d->log.arg, CMTP_LOG_INFO, w->logbuf, w->log_len);
+    w->log_len = 0;
+}
+
+/* worker_log_sink appends a line to the worker's batch (flushing it first when the line does
+ * not fit). */
+static void worker_log_sink(void *arg, enum cmtp_log_level level, const char *line, size_t len)
+{
+    struct cmtpd_worker *w = arg;
+    if (len > sizeof(w->logbuf) - w->log_len)
+        cmtpd_worker_log_flush(w);
+    if (len > sizeof(w->logbuf)) {
+        cmtp_log_sink_fd(w->d->log.arg, level, line, len);
+        return;
+    }
+    memcpy(w->logbuf + w->log_len, line, len);
+    w->log_len += len;
+}
+
+void cmtpd_worker_log_init(struct cmtpd_worker *w)
+{
+    const struct cmtp_log *p = &w->d->log;
+    if (p->sink == cmtp_log_sink_fd)
+        cmtp_log_init_child(&w->log, p, worker_log_sink, w);
+    else
+        cmtp_log_init_child(&w->log, p, p->sink, p->arg); /* syslog: one call per line */
+    w->log_len = 0;
 }
 
 /* sess_close_now closes the connection; on_close frees the session. */
@@ -828,6 +861,7 @@ static void *worker_init(struct io_worker *io, void *engine_arg)
     w->d = d;
     w->io = io;
     w->id = io_worker_id(io);
+    cmtpd_worker_log_init(w);
     cmtpd_worker_set_cfg(w, d->cfg, d->tls);
     char node[72];
     snprintf(node, sizeof(node), "%.56s:w%u", d->node_id, w->id);
@@ -872,12 +906,20 @@ static void worker_fini(struct io_worker *io, void *ctx)
     cmtpd_delivery_stop(w);
     queue_free(w->q);
     cmtpd_worker_set_cfg(w, NULL, NULL);
+    cmtpd_worker_log_flush(w);
     free(w);
+}
+
+static void worker_before_sleep(struct io_worker *io, void *ctx)
+{
+    (void)io;
+    cmtpd_worker_log_flush(ctx);
 }
 
 static const struct io_conn_ops conn_ops = {
     .worker_init = worker_init,
     .worker_fini = worker_fini,
+    .before_sleep = worker_before_sleep,
     .on_accept = on_accept,
     .on_data = on_data,
     .on_send_done = on_send_done,

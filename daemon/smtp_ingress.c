@@ -98,7 +98,7 @@ static void si_pump(struct cmtpd_smtp *s);
 
 static const struct cmtp_log *si_log(const struct cmtpd_smtp *s)
 {
-    return &s->w->d->log;
+    return &s->w->log;
 }
 
 static void si_close_now(struct cmtpd_smtp *s)

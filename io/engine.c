@@ -799,6 +799,8 @@ static void worker_loop(struct io_worker *w)
                 break;
             }
         }
+        if (w->e->ops.before_sleep != NULL && w->inited && w->phase != IO_PHASE_QUIESCE)
+            w->e->ops.before_sleep(w, w->ctx);
         io_buf_flush(w);
         if (w->pend_head != IO_NONE32) {
             rc = io_uring_submit_and_get_events(&w->ring);

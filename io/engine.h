@@ -130,6 +130,11 @@ struct io_conn_ops {
      * the return) or a negative errno (-ETIMEDOUT when its timeout passed, -ECONNREFUSED...); on
      * failure on_close(|c|, |res|) follows. NULL: nothing is reported but on_close. */
     void (*on_connect)(struct io_conn *c, int res);
+    /* before_sleep runs on each worker thread once per loop iteration, after the iteration's
+     * completions, posts and pending work were handled and before the worker submits and waits
+     * for more, with the context worker_init returned: the place to flush what the iteration
+     * batched (log lines, say). Not called before worker_init or after worker_fini. NULL: none. */
+    void (*before_sleep)(struct io_worker *w, void *ctx);
 };
 
 /* io_worker_stats are a worker's counters. Each is written by its worker only and may be read by

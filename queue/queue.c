@@ -19,10 +19,14 @@
 /* The commit script. KEYS: 1 dedup, 2 envelope, 3 body, 4 schedule, 5 destination set, 6 stats,
  * 7.. one work list per destination. ARGV: 1 qid, 2 digest (32 raw octets), 3 originator,
  * 4 recipient count, 5 envelope record, 6 last chunk (may be empty), 7 chunks expected (with the
- * last), 8 schedule score (ms), 9 dedup ttl (ms), 10 body size, 11.. destination names.
- * Every check comes before the first write: Redis refuses a legacy script's first write under
+ * last), 8 schedule score (ms), 9 dedup ttl (ms), 10 body size (not used by the script; kept
+ * so that the argument layout stays that of docs/QUEUE.md), 11.. destination names.
+ * Every check comes before the first write, and the last check (SET NX of the envelope, the
+ * queue-id clash test) is the first write: Redis refuses a legacy script's first write under
  * OOM, MISCONF or NOREPLICAS, so a refused commit leaves nothing behind; scripts are not rolled
- * back, which is why nothing after the first write can fail on input. */
+ * back, which is why nothing after the first write can fail on input. The body list is counted
+ * (LLEN) and made persistent only when chunks were written before the commit; the `accepted`
+ * and `bytes` counters are added in batches (stats_flush), not by every commit. */
 static const char commit_lua[] =
     "local prev = redis.call('HMGET', KEYS[1], 'qid', 'digest', 'from', 'rcpts')\n"
     "if prev[1] then\n"
@@ -34,17 +38,20 @@ static const char commit_lua[] =
     "  redis.pcall('HINCRBY', KEYS[6], 'dups', 1)\n"
     "  return {'dup', prev[1], prev[4] or '0'}\n"
     "end\n"
-    "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "local inline = #ARGV[6] > 0\n"
+    "local sent = tonumber(ARGV[7]) - (inline and 1 or 0)\n"
+    "if sent > 0 then\n"
+    "  local have = redis.call('LLEN', KEYS[3])\n"
+    "  if have ~= sent then\n"
+    "    if inline then have = have + 1 end\n"
+    "    return redis.error_reply('BODYLOST body chunks missing: ' .. have .. ' of ' .. ARGV[7])\n"
+    "  end\n"
+    "end\n"
+    "if not redis.call('SET', KEYS[2], ARGV[5], 'NX') then\n"
     "  return redis.error_reply('QIDCLASH queue id already in use')\n"
     "end\n"
-    "local have = redis.call('LLEN', KEYS[3])\n"
-    "if #ARGV[6] > 0 then have = have + 1 end\n"
-    "if have ~= tonumber(ARGV[7]) then\n"
-    "  return redis.error_reply('BODYLOST body chunks missing: ' .. have .. ' of ' .. ARGV[7])\n"
-    "end\n"
-    "if #ARGV[6] > 0 then redis.call('RPUSH', KEYS[3], ARGV[6]) end\n"
-    "redis.call('PERSIST', KEYS[3])\n"
-    "redis.call('SET', KEYS[2], ARGV[5])\n"
+    "if inline then redis.call('RPUSH', KEYS[3], ARGV[6]) end\n"
+    "if sent > 0 then redis.call('PERSIST', KEYS[3]) end\n"
     "redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])\n"
     "for i = 7, #KEYS do\n"
     "  redis.call('RPUSH', KEYS[i], ARGV[1])\n"
@@ -53,8 +60,6 @@ static const char commit_lua[] =
     "redis.call('HSET', KEYS[1], 'qid', ARGV[1], 'digest', ARGV[2], 'from', ARGV[3], 'rcpts', "
     "ARGV[4])\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[9])\n"
-    "redis.call('HINCRBY', KEYS[6], 'accepted', 1)\n"
-    "redis.call('HINCRBY', KEYS[6], 'bytes', ARGV[10])\n"
     "return {'ok', ARGV[1], ARGV[4]}\n";
 
 /* QUEUE_TXN_READY_MAX is how many full chunks a transaction may hold unsent (a caller that
@@ -73,6 +78,7 @@ enum op_kind {
     OP_WAIT,
     OP_UNLINK,
     OP_GET,
+    OP_STATS,
 };
 
 /* op is one command sent and not yet answered; linked in send order (= reply order). */
@@ -85,6 +91,9 @@ struct op {
     uint64_t deadline_ms;
     unsigned attempt; /* commit attempt the op belongs to */
     size_t bytes;     /* body octets carried (OP_CHUNK) */
+    unsigned shard;   /* OP_STATS: the shard whose counters it adds to */
+    uint64_t n_acc;   /* OP_STATS: accepted messages it adds */
+    uint64_t n_bytes; /* OP_STATS: body octets it adds */
     void (*read_cb)(void *arg, int err, const uint8_t *data, size_t len);
     void *read_arg;
 };
@@ -190,6 +199,10 @@ struct queue {
     struct queue_txn *wait_head, *wait_tail;
     uint64_t rng;
     struct queue_stats st;
+    /* Accepted messages and body octets not yet added to the shards' `stats` hashes; flushed
+     * by stats_timer, at most QUEUE_STATS_FLUSH_MS after the first of them. */
+    uint64_t *pend_acc, *pend_bytes; /* shards entries each */
+    void *stats_timer;
     bool freeing;
 };
 
@@ -378,6 +391,71 @@ static int q_send(struct queue *q, struct op *op, int argc, const char **argv, c
 static bool q_room(const struct queue *q, unsigned n)
 {
     return q->state == QUEUE_CONNECTED && q->inflight + n <= q->inflight_max;
+}
+
+/* ---- batched counters ---- */
+
+static void on_stats_timer(void *arg);
+
+static void stats_arm(struct queue *q)
+{
+    if (q->stats_timer == NULL && !q->freeing)
+        q->stats_timer =
+            q->loop.ops->timer_add(q->loop.loop, QUEUE_STATS_FLUSH_MS, on_stats_timer, q);
+}
+
+static void stats_add(struct queue *q, unsigned shard, uint64_t n, uint64_t bytes)
+{
+    q->pend_acc[shard] += n;
+    q->pend_bytes[shard] += bytes;
+    stats_arm(q);
+}
+
+/* stats_send sends one HINCRBY of |field| by |v| on |shard|'s stats hash; 0 or -errno. */
+static int stats_send(struct queue *q, unsigned shard, const char *field, uint64_t v,
+                      uint64_t n_acc, uint64_t n_bytes)
+{
+    char key[QUEUE_KEY_MAX], num[24];
+    int kl = queue_key_format(key, sizeof(key), q->prefix, shard, "stats", NULL, 0);
+    if (kl < 0)
+        return kl;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
+    const char *argv[4] = {"HINCRBY", key, field, num};
+    size_t lens[4] = {7, (size_t)kl, strlen(field), strlen(num)};
+    struct op *op = op_new(q, OP_STATS, NULL);
+    if (op == NULL)
+        return -ENOMEM;
+    op->shard = shard;
+    op->n_acc = n_acc;
+    op->n_bytes = n_bytes;
+    return q_send(q, op, 4, argv, lens, q->op_timeout_ms);
+}
+
+/* on_stats_timer adds the pending counters to Redis (one HINCRBY per counter and shard). Not
+ * connected, or a command that fails or gets no reply: the counts stay pending for the next
+ * round. */
+static void on_stats_timer(void *arg)
+{
+    struct queue *q = arg;
+    bool left = false;
+
+    q->stats_timer = NULL;
+    for (unsigned s = 0; s < q->shards; s++) {
+        uint64_t a = q->pend_acc[s], b = q->pend_bytes[s];
+        if (a == 0 && b == 0)
+            continue;
+        if (q->state != QUEUE_CONNECTED) {
+            left = true;
+            continue;
+        }
+        q->pend_acc[s] = q->pend_bytes[s] = 0;
+        if (stats_send(q, s, "accepted", a, a, 0) < 0)
+            q->pend_acc[s] += a, left = true;
+        if (stats_send(q, s, "bytes", b, 0, b) < 0)
+            q->pend_bytes[s] += b, left = true;
+    }
+    if (left)
+        stats_arm(q);
 }
 
 /* ---- connection lifecycle ---- */
@@ -1350,6 +1428,7 @@ static void on_commit_reply(struct queue_txn *t, const struct op *op, const redi
         r->rcpts = rc > CMTP_RCPT_MAX_HARD ? CMTP_RCPT_MAX_HARD : (unsigned)rc;
         if (st->len == 2 && memcmp(st->str, "ok", 2) == 0) {
             r->status = QUEUE_COMMIT_ACCEPTED;
+            stats_add(t->q, t->shard, 1, t->size);
         } else if (st->len == 3 && memcmp(st->str, "dup", 3) == 0) {
             r->status = QUEUE_COMMIT_ACCEPTED;
             r->dup = true;
@@ -1463,6 +1542,10 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
             on_wait_reply(t, op, reply);
         break;
     case OP_UNLINK:
+        break;
+    case OP_STATS:
+        if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+            stats_add(q, op->shard, op->n_acc, op->n_bytes); /* counted again later */
         break;
     case OP_GET:
         if (reply == NULL)
@@ -1669,6 +1752,10 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
         snprintf(err, errlen, "queue limits out of range");
         goto err;
     }
+    q->pend_acc = calloc(q->shards, sizeof(*q->pend_acc));
+    q->pend_bytes = calloc(q->shards, sizeof(*q->pend_bytes));
+    if (q->pend_acc == NULL || q->pend_bytes == NULL)
+        goto nomem;
     q->backoff_ms = q->reconnect_min_ms;
     if (getrandom(&q->rng, sizeof(q->rng), 0) != (ssize_t)sizeof(q->rng))
         q->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)q ^ mono_us() << 20;
@@ -1677,6 +1764,8 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
 nomem:
     snprintf(err, errlen, "out of memory");
 err:
+    free(q->pend_acc);
+    free(q->pend_bytes);
     free(q->password);
     free(q->username);
     free(q);
@@ -1694,6 +1783,9 @@ void queue_free(struct queue *q)
     if (q->reconnect_timer)
         q->loop.ops->timer_cancel(q->loop.loop, q->reconnect_timer);
     q->reconnect_timer = NULL;
+    if (q->stats_timer)
+        q->loop.ops->timer_cancel(q->loop.loop, q->stats_timer);
+    q->stats_timer = NULL;
     if (q->ac != NULL) {
         redisAsyncContext *ac = q->ac;
         q->ac = NULL;
@@ -1706,6 +1798,8 @@ void queue_free(struct queue *q)
         memset(q->password, 0, strlen(q->password));
     free(q->password);
     free(q->username);
+    free(q->pend_acc);
+    free(q->pend_bytes);
     free(q);
 }
 

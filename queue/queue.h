@@ -72,6 +72,12 @@ enum queue_conn_state {
 };
 
 /* queue_stats are the counters of one queue, for the admin socket and metrics. */
+/* QUEUE_STATS_FLUSH_MS is how late the shards' `accepted` and `bytes` counters in Redis (the
+ * `stats` hash) may be: a queue adds its accepts in one HINCRBY per counter and shard at most
+ * this often, not in every commit. A node that stops or crashes loses at most this much of those
+ * fleet-wide counts; its own counters (queue_get_stats, the metrics) are exact. */
+#define QUEUE_STATS_FLUSH_MS 1000u
+
 struct queue_stats {
     uint64_t cmds_sent;      /* commands handed to hiredis */
     uint64_t replies;        /* replies received (error replies included) */

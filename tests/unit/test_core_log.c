@@ -285,6 +285,33 @@ static void test_levels_and_sink(void **state)
     json_decref(j);
 }
 
+/* A child logger writes through its own sink, in its parent's format, at its parent's level
+ * at the time of each event. */
+static void test_child_follows_parent(void **state)
+{
+    (void)state;
+    struct cmtp_log parent, child;
+    struct capture pc = {.calls = 0}, cc = {.calls = 0};
+    cmtp_log_init(&parent, CMTP_LOG_WARN, CMTP_LOG_FORMAT_JSON, capture_sink, &pc);
+    cmtp_log_init_child(&child, &parent, capture_sink, &cc);
+    assert_false(cmtp_log_enabled(&child, CMTP_LOG_INFO));
+    CMTP_LOG(&child, CMTP_LOG_INFO, "hidden", cmtp_log_str("a", "b"));
+    assert_int_equal(cc.calls, 0);
+    cmtp_log_set_level(&parent, CMTP_LOG_DEBUG);
+    assert_true(cmtp_log_enabled(&child, CMTP_LOG_DEBUG));
+    CMTP_LOG(&child, CMTP_LOG_INFO, "shown", cmtp_log_str("a", "b"));
+    assert_int_equal(cc.calls, 1);
+    assert_int_equal(pc.calls, 0);
+    json_t *j = json_line(cc.line);
+    assert_string_equal(json_string_value(json_object_get(j, "event")), "shown");
+    json_decref(j);
+    /* Setting the child's own level changes nothing: the parent's counts. */
+    cmtp_log_set_level(&child, CMTP_LOG_DEBUG);
+    cmtp_log_set_level(&parent, CMTP_LOG_ERROR);
+    CMTP_LOG(&child, CMTP_LOG_WARN, "hidden", cmtp_log_str("a", "b"));
+    assert_int_equal(cc.calls, 1);
+}
+
 static void test_level_names(void **state)
 {
     (void)state;
@@ -424,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_truncation_kv),
         cmocka_unit_test(test_truncation_json),
         cmocka_unit_test(test_levels_and_sink),
+        cmocka_unit_test(test_child_follows_parent),
         cmocka_unit_test(test_level_names),
         cmocka_unit_test(test_fd_sink_threads),
         cmocka_unit_test(test_default_sink_is_stderr),

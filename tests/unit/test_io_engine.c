@@ -198,6 +198,8 @@ struct tstate {
     uint8_t *big; /* BIG_LEN of pattern, for M_FLUSH and M_ABORT */
     uint8_t pat[PAT_LEN];
     _Atomic int inits, finis;
+    _Atomic int sleeps, sleep_bad; /* before_sleep calls; calls with a bad context or after fini */
+    _Atomic bool fini_done[8];     /* per worker id: worker_fini ran */
     _Atomic int accepts, closes, rejects, double_close, null_ctx;
     _Atomic int reason_eof, reason_local, reason_shutdown, reason_other;
     _Atomic int pauses, send_errors, peer_bad;
@@ -251,8 +253,19 @@ static void *t_worker_init(struct io_worker *w, void *arg)
 static void t_worker_fini(struct io_worker *w, void *ctx)
 {
     struct tstate *t = ctx;
-    (void)w;
+    if (io_worker_id(w) < 8)
+        atomic_store(&t->fini_done[io_worker_id(w)], true);
     atomic_fetch_add(&t->finis, 1);
+}
+
+static void t_before_sleep(struct io_worker *w, void *ctx)
+{
+    struct tstate *t = ctx;
+    unsigned id = io_worker_id(w);
+    if (t == NULL || io_worker_ctx(w) != ctx || id >= 8 || atomic_load(&t->fini_done[id]))
+        atomic_fetch_add(&t->sleep_bad, 1);
+    else
+        atomic_fetch_add(&t->sleeps, 1);
 }
 
 static void echo_flush(struct tconn *tc)
@@ -504,6 +517,7 @@ static void t_on_connect(struct io_conn *c, int res)
 static const struct io_conn_ops t_ops = {
     .worker_init = t_worker_init,
     .worker_fini = t_worker_fini,
+    .before_sleep = t_before_sleep,
     .on_accept = t_on_accept,
     .on_data = t_on_data,
     .on_send_done = t_on_send_done,
@@ -565,6 +579,7 @@ static void t_stop(struct tstate *t)
     assert_int_equal(atomic_load(&t->order_bad), 0);
     assert_int_equal(atomic_load(&t->peer_bad), 0);
     assert_int_equal(atomic_load(&t->cb_bad), 0);
+    assert_int_equal(atomic_load(&t->sleep_bad), 0);
     /* Every accepted (and not refused) or outbound connection got exactly one on_close. */
     assert_int_equal(st.closed, (uint64_t)atomic_load(&t->closes));
     assert_int_equal(st.accepted - st.rejected + st.connects, st.closed);
@@ -1309,7 +1324,13 @@ static void test_post(void **state)
     assert_int_equal(io_engine_post_all(t->e, post_count, (void *)&all), 0);
     assert_true(WAIT_FOR(atomic_load(&all) == 2, 2000));
     assert_int_equal(io_worker_post(wc->w, NULL, NULL), -EINVAL);
-    t_stop(t);
+    /* Every loop iteration ends in before_sleep, with the worker's context: a post (run in an
+     * iteration) is followed by at least one call. */
+    int sl = atomic_load(&t->sleeps);
+    assert_int_equal(io_engine_post_all(t->e, post_count, (void *)&all), 0);
+    assert_true(WAIT_FOR(atomic_load(&all) == 4 && atomic_load(&t->sleeps) >= sl + 2, 2000));
+    assert_int_equal(atomic_load(&t->sleep_bad), 0);
+    t_stop(t); /* checks sleep_bad again after the workers stopped */
     free(wc);
 }
 

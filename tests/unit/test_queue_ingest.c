@@ -147,9 +147,23 @@ static void test_commit_small(void **state)
     assert_true(pttl > 6LL * 24 * 3600 * 1000 && pttl <= 7LL * 24 * 3600 * 1000);
     const char *bttl[] = {"PTTL", qfix_key(key, sizeof(key), shard, "body", qid)};
     assert_int_equal(qfix_int(&fx, 2, bttl), -1);
+    /* The fleet-wide counters are added in a batch, within QUEUE_STATS_FLUSH_MS: one HINCRBY
+     * per counter. */
     const char *hg[] = {"HGET", qfix_key(key, sizeof(key), shard, "stats", NULL), "accepted"};
     r = qfix_cmd(&fx, 3, hg);
+    assert_int_equal(r->type, REDIS_REPLY_NIL);
+    freeReplyObject(r);
+    poll_loop_run_for(fx.pl, QUEUE_STATS_FLUSH_MS + 300);
+    queue_get_stats(q, &st0);
+    assert_int_equal(st0.cmds_sent - st1.cmds_sent, 2);
+    r = qfix_cmd(&fx, 3, hg);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_string_equal(r->str, "1");
+    freeReplyObject(r);
+    const char *hb[] = {"HGET", qfix_key(key, sizeof(key), shard, "stats", NULL), "bytes"};
+    r = qfix_cmd(&fx, 3, hb);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, "1024");
     freeReplyObject(r);
 
     /* The async read helpers. */
