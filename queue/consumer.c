@@ -51,14 +51,16 @@
 
 /* CLAIM. ARGV: 1 token prefix, 2 lease ms, 3 work items to lease, 4 concurrency per destination,
  * 5 crashed attempts before dead-lettering, 6 how many due entries to look at, 7 new (unsplit)
- * messages to lease. Returns {now, {item, crashes} dead-lettered..., {{item, token, tries,
- * crashes, record-or-nil}...}, more, busy}: |more| is 1 when a work item could have been leased
+ * messages to lease, 8 largest first body chunk to return. Returns {now, {item, crashes}
+ * dead-lettered..., {{item, token, tries, crashes, record, version, first chunk}...}, more,
+ * busy}; record, version and first chunk (as READ returns them) only for a new message, nil for
+ * a work item: |more| is 1 when a work item could have been leased
  * but the batch was full; |busy| is 1 when due entries or expired leases are left behind (the
  * consumer looks at this shard again without waiting for a sweep). */
 static const char lua_claim[] = LUA_PRELUDE
     "local lease_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local climit, cmax, scan = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
-    "local bbatch = tonumber(ARGV[7])\n"
+    "local bbatch, pmax = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
     "local dead = {}\n"
     "local exp = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 64)\n"
     "for _, x in ipairs(exp) do\n"
@@ -101,10 +103,17 @@ static const char lua_claim[] = LUA_PRELUDE
     "    redis.call('ZADD', P .. 'leases', now + lease_ms, x)\n"
     "    redis.call('HSET', P .. 'lease', x, tok)\n"
     "    local h = redis.call('HMGET', P .. 'it:' .. x, 'tries', 'crashes')\n"
-    "    local env = false\n"
+    "    local env, ver, b = false, false, false\n"
     "    if d then redis.call('HINCRBY', P .. 'conc', d, 1)\n"
-    "    else env = redis.call('GET', P .. 'env:' .. x) end\n"
-    "    out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env}\n"
+    "    else\n"
+    "      env = redis.call('GET', P .. 'env:' .. x)\n"
+    "      if env then\n"
+    "        ver = redis.call('HGET', P .. 'm:' .. x, 'ver') or '0'\n"
+    "        b = redis.call('LINDEX', P .. 'body:' .. x, 0)\n"
+    "        if b and #b > pmax then b = false end\n"
+    "      end\n"
+    "    end\n"
+    "    out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env, ver, b}\n"
     "  end\n"
     "end\n"
     "local busy = 0\n"
@@ -1352,6 +1361,23 @@ struct qc_bare {
     size_t nh;
 };
 
+/* QC_PRE_CLAIM_MAX bounds the octets a claim keeps of the new messages it split (qc_pre). */
+#define QC_PRE_CLAIM_MAX (1024u * 1024u)
+
+/* qc_pre is what the claim that split a new message read of it in the same script (record,
+ * version, first body chunk when small): the items of that message the same claim leases in a
+ * later round start from it instead of a READ. Safe because a completion checks the version:
+ * a record changed since (another destination's completion) is re-read then. */
+struct qc_pre {
+    struct qc_pre *next;
+    char qid[CMTP_QID_MAX + 1];
+    char ver[24];
+    size_t ver_len;
+    uint8_t *rec, *body; /* one allocation: record then first chunk */
+    size_t rec_len, body_len;
+    bool has_body;
+};
+
 /* qc_adopt collects the items a round adopts into one home shard. */
 struct qc_adopt {
     char *buf; /* item names, back to back */
@@ -1373,6 +1399,8 @@ struct qc_claim {
     struct qc_adopt *ad;               /* per shard: this round's adoptions (NULL: none yet) */
     struct qc_bare *bares;             /* this round's new messages */
     size_t n_bares;
+    struct qc_pre *pres; /* the new messages split by this claim, as read (all rounds) */
+    size_t pre_bytes;
     unsigned round;
     unsigned rpend;   /* CLAIM or ADOPT replies of the round outstanding */
     unsigned pending; /* reads, side scripts and expiries outstanding */
@@ -1406,6 +1434,12 @@ static void adopts_free(struct qc_claim *cl)
 
 static void claim_free(struct qc_claim *cl)
 {
+    while (cl->pres != NULL) {
+        struct qc_pre *p = cl->pres;
+        cl->pres = p->next;
+        free(p->rec);
+        free(p);
+    }
     bares_free(cl);
     adopts_free(cl);
     free(cl->out);
@@ -1460,35 +1494,34 @@ static void claim_finish_item(struct qc_claim *cl, const struct queue_consumer_l
     claim_aux(cl, QS_FINISH, l->shard_item, 3, args);
 }
 
-static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+/* item_loaded validates the leased item |l| against its message as read: |rec| (|rec_len|
+ * octets) the record, or NULL when the message is gone; |ver| its version; |pre| the first body
+ * chunk when it came along (else NULL). Then |l| is ready (cl->out), finished, expired,
+ * quarantined or left to expire. Does not count |cl|'s pending work down. */
+static void item_loaded(struct qc_claim *cl, struct queue_consumer_lease *l, const char *rec,
+                        size_t rec_len, const char *ver, size_t ver_len, const char *pre,
+                        size_t pre_len)
 {
-    struct qc_claim *cl = ctx;
-    struct queue_consumer_lease *l = cl->wk[tag];
+    struct queue_consumer *c = cl->c;
     char why[QUEUE_REASON_MAX];
     enum queue_record_err e;
 
-    cl->wk[tag] = NULL;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || !r_str(r->element[1]) ||
-        r->element[1]->len >= sizeof(l->ver)) {
-        lease_free(l); /* left to expire */
-        goto out;
-    }
-    if (r->element[0]->type == REDIS_REPLY_NIL) {
+    if (rec == NULL) {
         /* The message was deleted, quarantined or finished by another item's completion. */
         c->st.orphans++;
         emit(c, QUEUE_CONSUMER_EV_ORPHAN, l->qid, l->dest, "message gone", 0);
         claim_finish_item(cl, l);
         lease_free(l);
-        goto out;
+        return;
     }
-    if (!r_str(r->element[0])) {
-        lease_free(l);
-        goto out;
+    if (ver_len >= sizeof(l->ver)) {
+        lease_free(l); /* left to expire */
+        return;
     }
-    e = decode_check(l->qid, r->element[0]->str, r->element[0]->len, &l->rec, why, sizeof(why));
+    e = decode_check(l->qid, rec, rec_len, &l->rec, why, sizeof(why));
     if (e == QUEUE_RECORD_ERR_NOMEM) {
         lease_free(l);
-        goto out;
+        return;
     }
     if (e != QUEUE_RECORD_OK) {
         const char *qargs[3] = {l->qid, why, ""};
@@ -1497,40 +1530,96 @@ static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, con
         claim_aux(cl, QS_QUARANTINE, l->shard_msg, 3, qargs);
         claim_finish_item(cl, l);
         lease_free(l);
-        goto out;
+        return;
     }
-    memcpy(l->ver, r->element[1]->str, r->element[1]->len);
-    l->ver[r->element[1]->len] = '\0';
+    memcpy(l->ver, ver, ver_len);
+    l->ver[ver_len] = '\0';
     if (lease_select(l) < 0) {
         lease_free(l);
-        goto out;
+        return;
     }
     if (l->n_rcpts == 0) {
         /* Finished by an earlier completion whose item step was lost. */
         claim_finish_item(cl, l);
         lease_free(l);
-        goto out;
+        return;
     }
     if (wall_ms() >= l->rec->created_ms + (int64_t)c->lifetime_ms) {
         if (done_start(l, NULL, 0, true, cl, NULL, NULL) == 0)
             cl->pending++;
         else
             lease_free(l);
-        goto out;
+        return;
     }
     /* The first body chunk, when it came along (a copy: the reply is freed after this). */
-    const redisReply *pre = r->element[2];
-    if (r_str(pre) && pre->len > 0 && pre->len <= l->rec->env.size) {
-        l->pre = malloc(pre->len);
+    if (pre != NULL && pre_len > 0 && pre_len <= l->rec->env.size) {
+        l->pre = malloc(pre_len);
         if (l->pre != NULL) {
-            memcpy(l->pre, pre->str, pre->len);
-            l->pre_len = pre->len;
+            memcpy(l->pre, pre, pre_len);
+            l->pre_len = pre_len;
         }
     }
     cl->out[cl->got++] = l;
     c->st.claimed++;
-out:
+}
+
+static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_claim *cl = ctx;
+    struct queue_consumer_lease *l = cl->wk[tag];
+    (void)c;
+
+    cl->wk[tag] = NULL;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || !r_str(r->element[1]) ||
+        (r->element[0]->type != REDIS_REPLY_NIL && !r_str(r->element[0]))) {
+        lease_free(l); /* left to expire */
+    } else {
+        const redisReply *rec = r->element[0], *ver = r->element[1], *pre = r->element[2];
+        item_loaded(cl, l, r_str(rec) ? rec->str : NULL, r_str(rec) ? rec->len : 0, ver->str,
+                    ver->len, r_str(pre) ? pre->str : NULL, r_str(pre) ? pre->len : 0);
+    }
     claim_sub_done(cl);
+}
+
+/* pre_keep remembers what the claim read of the new message |qid| it is splitting (see
+ * qc_pre), within QC_PRE_CLAIM_MAX octets per claim; out of room or memory, its items are read
+ * again (READ). */
+static void pre_keep(struct qc_claim *cl, const char *qid, const redisReply *env,
+                     const redisReply *ver, const redisReply *body)
+{
+    size_t bl = r_str(body) ? body->len : 0;
+    if (!r_str(env) || !r_str(ver) || ver->len >= sizeof(cl->pres->ver) ||
+        env->len + bl > QC_PRE_CLAIM_MAX - cl->pre_bytes)
+        return;
+    struct qc_pre *p = calloc(1, sizeof(*p));
+    uint8_t *buf = malloc(env->len + bl + 1);
+    if (p == NULL || buf == NULL) {
+        free(p);
+        free(buf);
+        return;
+    }
+    snprintf(p->qid, sizeof(p->qid), "%s", qid);
+    memcpy(p->ver, ver->str, ver->len);
+    p->ver_len = ver->len;
+    memcpy(buf, env->str, env->len);
+    if (bl > 0)
+        memcpy(buf + env->len, body->str, bl);
+    p->rec = buf;
+    p->rec_len = env->len;
+    p->body = buf + env->len;
+    p->body_len = bl;
+    p->has_body = r_str(body);
+    p->next = cl->pres;
+    cl->pres = p;
+    cl->pre_bytes += env->len + bl;
+}
+
+static const struct qc_pre *pre_find(const struct qc_claim *cl, const char *qid)
+{
+    for (const struct qc_pre *p = cl->pres; p != NULL; p = p->next)
+        if (strcmp(p->qid, qid) == 0)
+            return p;
+    return NULL;
 }
 
 /* adopt_add appends the item `<qid>/<dest>` to |cl|'s adoptions into home shard |h|. */
@@ -1576,7 +1665,7 @@ static int adopt_add(struct qc_claim *cl, unsigned h, const char *qid, const cha
 /* bare_take records the new message |qid| (leased with |token| on |shard|, record |env|) for
  * the round's split. */
 static void bare_take(struct qc_claim *cl, unsigned shard, const char *qid, const char *token,
-                      const redisReply *env)
+                      const redisReply *env, const redisReply *ver, const redisReply *body)
 {
     struct queue_consumer *c = cl->c;
     struct queue_record *rec = NULL;
@@ -1627,6 +1716,8 @@ static void bare_take(struct qc_claim *cl, unsigned shard, const char *qid, cons
     b->next = cl->bares;
     cl->bares = b;
     cl->n_bares++;
+    if (nd > 0)
+        pre_keep(cl, qid, env, ver, body);
 out:
     free(dests);
     queue_record_cleanup(rec);
@@ -1776,7 +1867,7 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
     const redisReply *items = r->element[2];
     for (size_t i = 0; i < items->elements; i++) {
         const redisReply *e = items->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 || !r_str(e->element[0]) ||
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 7 || !r_str(e->element[0]) ||
             !r_str(e->element[1]) || e->element[1]->len >= QC_TOKEN_MAX ||
             !split_item(c, e->element[0]->str, e->element[0]->len, qid, dest, &smsg))
             continue; /* malformed: its lease expires */
@@ -1784,7 +1875,7 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
         memcpy(token, e->element[1]->str, e->element[1]->len);
         token[e->element[1]->len] = '\0';
         if (dest[0] == '\0') {
-            bare_take(cl, shard, qid, token, e->element[4]);
+            bare_take(cl, shard, qid, token, e->element[4], e->element[5], e->element[6]);
             continue;
         }
         if (cl->taken >= cl->max)
@@ -1803,6 +1894,15 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
         l->tries = r_u32(e->element[2]);
         l->crashes = r_u32(e->element[3]);
         l->expires_ms = (int64_t)now + c->lease_ms;
+        const struct qc_pre *pre = pre_find(cl, qid);
+        if (pre != NULL) {
+            /* Split by this claim: the record read then (no READ). */
+            cl->taken++;
+            item_loaded(cl, l, (const char *)pre->rec, pre->rec_len, pre->ver, pre->ver_len,
+                        pre->has_body ? (const char *)pre->body : NULL, pre->body_len);
+            c->st.prefetched++;
+            continue;
+        }
         char pmax[16];
         snprintf(pmax, sizeof(pmax), "%u", QC_PREFETCH_MAX);
         const char *args[2] = {qid, pmax};
@@ -1826,7 +1926,7 @@ static void round_start(struct qc_claim *cl)
 {
     struct queue_consumer *c = cl->c;
     char tokp[QC_TOKEN_MAX], lease_s[16], batch_s[16], conc_s[16], crash_s[16], scan_s[16];
-    char bare_s[16];
+    char bare_s[16], pmax_s[16];
     unsigned m = 0, mp = 0;
     size_t room = cl->max - cl->taken;
 
@@ -1850,6 +1950,7 @@ static void round_start(struct qc_claim *cl)
     snprintf(conc_s, sizeof(conc_s), "%u", c->conc);
     snprintf(crash_s, sizeof(crash_s), "%u", c->crash_max);
     snprintf(bare_s, sizeof(bare_s), "%zu", bbatch);
+    snprintf(pmax_s, sizeof(pmax_s), "%u", QC_PREFETCH_MAX);
     for (unsigned i = 0; i < c->shards; i++) {
         unsigned s = (c->claim_cursor + i) % c->shards;
         size_t batch = 0;
@@ -1867,8 +1968,8 @@ static void round_start(struct qc_claim *cl)
         snprintf(tokp, sizeof(tokp), "%s#%016llx#", c->node, (unsigned long long)rng_next(c));
         snprintf(batch_s, sizeof(batch_s), "%zu", batch);
         snprintf(scan_s, sizeof(scan_s), "%zu", scan);
-        const char *args[7] = {tokp, lease_s, batch_s, conc_s, crash_s, scan_s, bare_s};
-        if (qc_evals(c, QS_CLAIM, s, 7, args, on_claim_reply, cl, s) == 0)
+        const char *args[8] = {tokp, lease_s, batch_s, conc_s, crash_s, scan_s, bare_s, pmax_s};
+        if (qc_evals(c, QS_CLAIM, s, 8, args, on_claim_reply, cl, s) == 0)
             cl->rpend++;
         else
             cl->failed = true;

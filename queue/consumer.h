@@ -96,6 +96,8 @@ struct queue_consumer_config {
 struct queue_consumer_stats {
     uint64_t cmds_sent, replies, errors, dropped, timeouts, connects, disconnects;
     uint64_t claimed;     /* work items leased and handed out */
+    uint64_t prefetched;  /* of the items leased, those that started from the record the same
+                             claim read to split their message (no READ of their own) */
     uint64_t adopted;     /* new messages split into work items */
     uint64_t delivered;   /* recipients delivered */
     uint64_t failed;      /* recipients failed permanently */

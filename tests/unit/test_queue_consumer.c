@@ -446,6 +446,8 @@ static void test_claim_done_delivered(void **state)
     struct queue_consumer_stats st;
     queue_consumer_get_stats(c, &st);
     assert_int_equal(st.claimed, 2);
+    /* Both items came out of the claim that split the message: no READ of their own. */
+    assert_int_equal(st.prefetched, 2);
     assert_int_equal(st.adopted, 1);
     assert_int_equal(st.delivered, 2);
     assert_int_equal(st.removed, 1);
@@ -508,6 +510,13 @@ static void test_tempfail_backoff(void **state)
     assert_string_equal(r->str, "451 mailbox busy");
     freeReplyObject(r);
     assert_int_equal(claim(c, 4, &cr), 1);
+    /* Only the first claim split the message: every later one read the record (READ), which
+     * carries the attempts the retries wrote. */
+    struct queue_consumer_stats st;
+    queue_consumer_get_stats(c, &st);
+    assert_int_equal(st.prefetched, 1);
+    assert_true(st.claimed > 1);
+    assert_true(queue_consumer_lease_record(cr.l[0])->attempts > 0);
     struct queue_consumer_done_result d = finish(cr.l[0], QUEUE_CONSUMER_DELIVERED, NULL);
     assert_true(d.removed);
     qmsg_free(m);
