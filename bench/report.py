@@ -296,6 +296,32 @@ def dso_text(prof):
     return ", ".join(parts)
 
 
+def cpu_split(raw, name):
+    """The machine's CPU time over the runs of |name| (from /proc/stat before and after each),
+    as Stats of percentages: busy (user, system, irq, softirq), iowait (idle while a disk
+    request, here Redis' fsync, is outstanding) and idle."""
+    busy, iow, idle = [], [], []
+    for k in range(1, raw.runs + 1):
+        try:
+            a = [int(x) for x in open(raw.path("%s.%d.json.stat0" % (name, k))).read().split()[1:]]
+            b = [int(x) for x in open(raw.path("%s.%d.json.stat1" % (name, k))).read().split()[1:]]
+        except (OSError, ValueError):
+            continue
+        d = [y - x for x, y in zip(a, b)]
+        t = sum(d[:8])
+        if len(d) < 8 or t <= 0:
+            continue
+        busy.append(100.0 * (d[0] + d[1] + d[2] + d[5] + d[6]) / t)
+        iow.append(100.0 * d[4] / t)
+        idle.append(100.0 * d[3] / t)
+    return {"busy": Stat(busy), "iowait": Stat(iow), "idle": Stat(idle)}
+
+
+def cpu_split_text(cs):
+    return "%s %% busy, %s %% waiting for the disk (iowait), %s %% idle" % (
+        cs["busy"].fmt(0), cs["iowait"].fmt(0), cs["idle"].fmt(0))
+
+
 def cmdstats(raw, size):
     p = raw.path("cmdstats_%s.txt" % size)
     if not os.path.exists(p):
@@ -546,8 +572,9 @@ def main():
                     label, "; ".join(miss), num(c_cpu.med), num(r_cpu.med), num(rd_cpu.med))
             cs = cmdstats(raw, size)
             if cs:
-                n += (" In a run of exactly %d messages, Redis executed (cmtpd's ingest and its "
-                      "delivery engine together) " % cs["msgs"] + cmdstats_text(cs) + ".")
+                n += (" In a run of exactly %d messages, Redis executed (ingest only: the "
+                      "delivery engine claims nothing in these runs) " % cs["msgs"] +
+                      cmdstats_text(cs) + ".")
             rw_ours = Stat([read_int(raw.path("msg_cmtp_%s.%d.json.rewrites" % (size, k)))
                             for k in range(1, raw.runs + 1)])
             rw_ref = Stat([read_int(raw.path("redis_%s.%d.csv.rewrites" % (size, k)))
@@ -658,6 +685,19 @@ def main():
                          "the scaling runs show where more cores go." % (
                              rel["ingest"].fmt(), rel["e2e"].fmt(), num(r),
                              rel["backlog"].fmt(0), rel["sink_cpu_pct"].fmt(0)))
+            ci, cr = cpu_split(raw, "msg_cmtp_1k"), cpu_split(raw, "relay")
+            if ci["busy"].ok and cr["busy"].ok:
+                notes[-1] += (" The machine's two CPUs over the 1 KiB ingest-only runs: %s; over "
+                              "the relay runs: %s. Time in iowait is Redis' `appendfsync always` "
+                              "fdatasync of each event-loop iteration: every write script of the "
+                              "delivery side (claim, split, record update, lease finish) adds to "
+                              "what each fsync carries, and the closed loop waits for it." % (
+                                  cpu_split_text(ci), cpu_split_text(cr)))
+            cs = cmdstats(raw, "relay")
+            if cs:
+                notes[-1] += (" In a relay run of exactly %d messages (ingested and delivered), "
+                              "Redis executed " % cs["msgs"] + cmdstats_text(cs) +
+                              "; the ingest alone is the 1 KiB figure above.")
 
     # 8. scaling
     scale = []
@@ -778,6 +818,15 @@ def main():
     L.append("Redis with one client (no other write shares its fsync), SET 1 KiB: p50 %s ms, "
              "p99 %s ms." % (rd1_50.fmt(), rd1_99.fmt()))
     L.append("")
+    cs1 = cmdstats(raw, "1k")
+    if cs1:
+        L.append("Redis work per 1 KiB message (a run of exactly %d messages, ingest only): %s." % (
+            cs1["msgs"], cmdstats_text(cs1)))
+        L.append("")
+    ci = cpu_split(raw, "msg_cmtp_1k")
+    if ci["busy"].ok:
+        L.append("The machine's two CPUs during the 1 KiB cmtpd runs: %s." % cpu_split_text(ci))
+        L.append("")
     L.append("### Scaling: cmtpd workers (1 KiB, persistent sessions)")
     L.append("")
     L.append("Run with `bash bench/run.sh --workers \"1 2 4 8 16\"` on a larger machine to extend "

@@ -263,9 +263,11 @@ restart_stack() {
 cb() {
   local f=$1; shift
   mkdir -p "$(dirname "$f")"
+  head -n 1 /proc/stat >"$f.stat0" # the machine's CPU split over the run (iowait: fsync)
   timeout 300 "$B/cmtp-bench" --ca "$W/tls/ca.crt" -s "127.0.0.1:$CMTP_PORT" --json -q \
     -p "$CMTPD_PID" -p "$REDIS_PID" "$@" >"$f" 2>"$f.err"
   echo $? >"$f.rc"
+  head -n 1 /proc/stat >"$f.stat1"
 }
 
 # sb FILE ARGS...: cmtp-bench over SMTP+STARTTLS against the private Postfix (whole process tree).
@@ -626,7 +628,43 @@ concurrency_per_dest = $RELAY_CONC"; then
     stop_pid "$SINK_PID"
     SINK_PID=
   done
+  relay_cmdstats
   echo "measured" >"$R/relay.status"
+}
+
+# relay_cmdstats: Redis commands per relayed message: exactly 200 messages ingested and
+# delivered to the sink after RESETSTAT (ingest and delivery together), as for the ingest runs.
+relay_cmdstats() {
+  local port i n
+  [ -x "$B/cmtp-lmtp-sink" ] || return 0
+  port=$(free_port)
+  "$B/cmtp-lmtp-sink" -p "$port" -o "$R/relay_cmdstats.count" 2>"$R/relay_cmdstats.sink.err" &
+  SINK_PID=$!
+  echo "$SINK_PID lmtp-sink" >>"$W/pids.txt"
+  for i in $(seq 1 100); do tcp_up "$port" && break; sleep 0.05; done
+  if restart_stack "$NPROC" "mode = lmtp
+lmtp = 127.0.0.1:$port
+concurrency_per_dest = $RELAY_CONC"; then
+    rcli config resetstat >/dev/null
+    cb "$R/relay_cmdstats_run.json" -c 4 -m 50 --size 1k
+    n=0
+    for i in $(seq 1 100); do
+      n=$(tail -n 1 "$R/relay_cmdstats.count" 2>/dev/null | awk '{print $2}')
+      [ "${n:-0}" -ge 200 ] && break
+      sleep 0.1
+    done
+    sleep 0.5 # the completions after the sink's replies
+    if [ "${n:-0}" -ge 200 ]; then
+      {
+        echo "msgs 200"
+        echo "aof_bytes $(du -sb "$REDIS_DIR" | cut -f1)"
+        echo "body_bytes $((200 * 1024))"
+        rcli info commandstats
+      } >"$R/cmdstats_relay.txt"
+    fi
+  fi
+  stop_pid "$SINK_PID"
+  SINK_PID=
 }
 log "relay end to end: ingest and delivery over LMTP to a sink"
 measure_relay

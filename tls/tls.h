@@ -30,6 +30,10 @@
  * issues tickets, the others only accepted). */
 #define TLS_TICKET_KEYS_MAX 8
 
+/* TLS_TICKETS_PER_HANDSHAKE is how many session tickets a server sends after a full TLS 1.3
+ * handshake (none when tickets are off). */
+#define TLS_TICKETS_PER_HANDSHAKE 1
+
 /* TLS_SYSTEM_CA_FILE is the trust store a client context uses when no CA file is configured. */
 #define TLS_SYSTEM_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
 

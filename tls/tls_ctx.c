@@ -561,7 +561,14 @@ struct tls_ctx *tls_server_ctx_new(const struct tls_server_config *cfg, char *er
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
     if (cfg->no_tickets) {
         SSL_CTX_set_options(s, SSL_OP_NO_TICKET);
-    } else if (cfg->ticket_key_file != NULL) {
+        SSL_CTX_set_num_tickets(s, 0);
+    } else {
+        /* One ticket per handshake, not BoringSSL's default two: a client resumes with the
+         * latest ticket it got (ours keeps only that one), and each ticket costs the server a
+         * session encoding, its encryption and a record. */
+        SSL_CTX_set_num_tickets(s, TLS_TICKETS_PER_HANDSHAKE);
+    }
+    if (!cfg->no_tickets && cfg->ticket_key_file != NULL) {
         if (tls_load_ticket_keys(c, cfg->ticket_key_file, err, errlen) != 0)
             goto err;
         SSL_CTX_set_tlsext_ticket_key_cb(s, tls_cb_ticket_key);

@@ -251,7 +251,8 @@ struct raw {
     SSL *ssl;
     BIO *rd, *wr;
     SSL_SESSION *sess;
-    int hs;  /* last SSL_do_handshake result */
+    int tickets; /* session tickets received */
+    int hs;      /* last SSL_do_handshake result */
     int err; /* SSL_get_error of it */
     uint32_t first_err;
 };
@@ -261,6 +262,7 @@ static int raw_new_session(SSL *ssl, SSL_SESSION *sess)
     struct raw *w = SSL_get_app_data(ssl);
     SSL_SESSION_free(w->sess);
     w->sess = sess;
+    w->tickets++;
     return 1;
 }
 
@@ -579,6 +581,8 @@ static void test_alpn_in_list_accepted(void **state)
     /* 0-RTT is never offered to clients: tickets are not early-data capable. */
     assert_non_null(w.sess);
     assert_false(SSL_SESSION_early_data_capable(w.sess));
+    /* One ticket per full handshake (TLS_TICKETS_PER_HANDSHAKE), not BoringSSL's two. */
+    assert_int_equal(w.tickets, 1);
     tls_conn_free(s);
     raw_free(&w);
     tls_ctx_unref(sctx);
