@@ -5,6 +5,7 @@
 #include "queue/redis_adapter.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -56,7 +57,10 @@
  * busy}; record, version and first chunk (as READ returns them) only for a new message, nil for
  * a work item: |more| is 1 when a work item could have been leased
  * but the batch was full; |busy| is 1 when due entries or expired leases are left behind (the
- * consumer looks at this shard again without waiting for a sweep). */
+ * consumer looks at this shard again without waiting for a sweep). Each destination's
+ * concurrency counter is read once per script (a local copy follows the leases it takes), and
+ * once the batch is full and |more| known no further item is looked at: a claim over a long
+ * backlog of one destination costs one HGET, not one per due entry. */
 static const char lua_claim[] = LUA_PRELUDE
     "local lease_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local climit, cmax, scan = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
@@ -76,19 +80,23 @@ static const char lua_claim[] = LUA_PRELUDE
     "    requeue(x, now)\n"
     "  end\n"
     "end\n"
-    "local out, full, ni, nb, more = {}, {}, 0, 0, 0\n"
+    "local out, full, conc, ni, nb, more = {}, {}, {}, 0, 0, 0\n"
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan)\n"
     "for _, x in ipairs(due) do\n"
     "  if ni >= batch and nb >= bbatch and more == 1 then break end\n"
     "  local d = dest_of(x)\n"
     "  local ok = false\n"
     "  if d then\n"
-    "    if not full[d] then\n"
-    "      if tonumber(redis.call('HGET', P .. 'conc', d) or '0') >= climit then\n"
+    "    if not full[d] and not (ni >= batch and more == 1) then\n"
+    "      local n = conc[d]\n"
+    "      if not n then n = tonumber(redis.call('HGET', P .. 'conc', d) or '0') end\n"
+    "      conc[d] = n\n"
+    "      if n >= climit then\n"
     "        full[d] = true\n"
     "      elseif ni < batch then\n"
     "        ok = true\n"
     "        ni = ni + 1\n"
+    "        conc[d] = n + 1\n"
     "      else\n"
     "        more = 1\n"
     "      end\n"
@@ -482,6 +490,30 @@ struct qc_job {
     void (*destroy)(struct qc_job *j);
 };
 
+/* QC_PRE_MAX bounds the octets a consumer keeps of the new messages it split (qc_pre);
+ * QC_PRE_AGE_MS how long it keeps one; QC_PRE_BUCKETS sizes their index. */
+#define QC_PRE_MAX (4096u * 1024u)
+#define QC_PRE_AGE_MS 2000u
+#define QC_PRE_BUCKETS 256u
+
+/* qc_pre is what the CLAIM that split a new message read of it in the same script (record,
+ * version, first body chunk when small): the message's items, leased by a later claim round
+ * or claim call of this consumer within QC_PRE_AGE_MS, start from it instead of a READ. Safe
+ * because a completion checks the version: a record changed since (another destination's
+ * completion, an admin action) is re-read then, and a message gone is reported gone. */
+struct qc_pre {
+    struct qc_pre *prev, *next; /* the consumer's list, oldest first */
+    struct qc_pre *hnext;       /* its index bucket */
+    char qid[CMTP_QID_MAX + 1];
+    char ver[24];
+    size_t ver_len;
+    uint8_t *rec, *body; /* one allocation: record then first chunk */
+    size_t rec_len, body_len;
+    bool has_body;
+    unsigned uses_left; /* destinations of the message not yet leased from it */
+    uint64_t at_ms;
+};
+
 struct queue_consumer {
     struct queue_loop loop;
     /* configuration */
@@ -526,6 +558,9 @@ struct queue_consumer {
     unsigned report_cursor;
     uint64_t rng;
     struct queue_consumer_stats st;
+    struct qc_pre *pre_head, *pre_tail; /* qc_pre entries, oldest first */
+    struct qc_pre *pre_index[QC_PRE_BUCKETS];
+    size_t pre_bytes;
     bool freeing;
 };
 
@@ -1361,23 +1396,6 @@ struct qc_bare {
     size_t nh;
 };
 
-/* QC_PRE_CLAIM_MAX bounds the octets a claim keeps of the new messages it split (qc_pre). */
-#define QC_PRE_CLAIM_MAX (1024u * 1024u)
-
-/* qc_pre is what the claim that split a new message read of it in the same script (record,
- * version, first body chunk when small): the items of that message the same claim leases in a
- * later round start from it instead of a READ. Safe because a completion checks the version:
- * a record changed since (another destination's completion) is re-read then. */
-struct qc_pre {
-    struct qc_pre *next;
-    char qid[CMTP_QID_MAX + 1];
-    char ver[24];
-    size_t ver_len;
-    uint8_t *rec, *body; /* one allocation: record then first chunk */
-    size_t rec_len, body_len;
-    bool has_body;
-};
-
 /* qc_adopt collects the items a round adopts into one home shard. */
 struct qc_adopt {
     char *buf; /* item names, back to back */
@@ -1399,8 +1417,6 @@ struct qc_claim {
     struct qc_adopt *ad;               /* per shard: this round's adoptions (NULL: none yet) */
     struct qc_bare *bares;             /* this round's new messages */
     size_t n_bares;
-    struct qc_pre *pres; /* the new messages split by this claim, as read (all rounds) */
-    size_t pre_bytes;
     unsigned round;
     unsigned rpend;   /* CLAIM or ADOPT replies of the round outstanding */
     unsigned pending; /* reads, side scripts and expiries outstanding */
@@ -1434,12 +1450,6 @@ static void adopts_free(struct qc_claim *cl)
 
 static void claim_free(struct qc_claim *cl)
 {
-    while (cl->pres != NULL) {
-        struct qc_pre *p = cl->pres;
-        cl->pres = p->next;
-        free(p->rec);
-        free(p);
-    }
     bares_free(cl);
     adopts_free(cl);
     free(cl->out);
@@ -1581,16 +1591,55 @@ static void on_item_read(struct queue_consumer *c, void *ctx, uintptr_t tag, con
     claim_sub_done(cl);
 }
 
-/* pre_keep remembers what the claim read of the new message |qid| it is splitting (see
- * qc_pre), within QC_PRE_CLAIM_MAX octets per claim; out of room or memory, its items are read
- * again (READ). */
-static void pre_keep(struct qc_claim *cl, const char *qid, const redisReply *env,
-                     const redisReply *ver, const redisReply *body)
+static unsigned pre_bucket(const char *qid)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = qid; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    return h % QC_PRE_BUCKETS;
+}
+
+/* pre_drop unlinks and frees |p|. */
+static void pre_drop(struct queue_consumer *c, struct qc_pre *p)
+{
+    struct qc_pre **pp = &c->pre_index[pre_bucket(p->qid)];
+    while (*pp != NULL && *pp != p)
+        pp = &(*pp)->hnext;
+    if (*pp == p)
+        *pp = p->hnext;
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        c->pre_head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        c->pre_tail = p->prev;
+    c->pre_bytes -= p->rec_len + p->body_len;
+    free(p->rec);
+    free(p);
+}
+
+/* pre_expire drops the entries older than QC_PRE_AGE_MS, and the oldest ones while more than
+ * |need| octets would not fit QC_PRE_MAX. */
+static void pre_expire(struct queue_consumer *c, size_t need)
+{
+    uint64_t now = loop_now(c);
+    while (c->pre_head != NULL &&
+           (now - c->pre_head->at_ms >= QC_PRE_AGE_MS || c->pre_bytes + need > QC_PRE_MAX))
+        pre_drop(c, c->pre_head);
+}
+
+/* pre_keep remembers what the claim read of the new message |qid| with |uses| destinations (see
+ * qc_pre). Out of room or memory, its items are read again (READ). */
+static void pre_keep(struct queue_consumer *c, const char *qid, const redisReply *env,
+                     const redisReply *ver, const redisReply *body, size_t uses)
 {
     size_t bl = r_str(body) ? body->len : 0;
-    if (!r_str(env) || !r_str(ver) || ver->len >= sizeof(cl->pres->ver) ||
-        env->len + bl > QC_PRE_CLAIM_MAX - cl->pre_bytes)
+    if (!r_str(env) || !r_str(ver) || ver->len >= sizeof(c->pre_head->ver) || uses == 0 ||
+        env->len + bl > QC_PRE_MAX / 4)
         return;
+    pre_expire(c, env->len + bl);
     struct qc_pre *p = calloc(1, sizeof(*p));
     uint8_t *buf = malloc(env->len + bl + 1);
     if (p == NULL || buf == NULL) {
@@ -1609,16 +1658,32 @@ static void pre_keep(struct qc_claim *cl, const char *qid, const redisReply *env
     p->body = buf + env->len;
     p->body_len = bl;
     p->has_body = r_str(body);
-    p->next = cl->pres;
-    cl->pres = p;
-    cl->pre_bytes += env->len + bl;
+    p->uses_left = uses > UINT_MAX ? UINT_MAX : (unsigned)uses;
+    p->at_ms = loop_now(c);
+    unsigned b = pre_bucket(qid);
+    p->hnext = c->pre_index[b];
+    c->pre_index[b] = p;
+    p->prev = c->pre_tail;
+    if (c->pre_tail)
+        c->pre_tail->next = p;
+    else
+        c->pre_head = p;
+    c->pre_tail = p;
+    c->pre_bytes += env->len + bl;
 }
 
-static const struct qc_pre *pre_find(const struct qc_claim *cl, const char *qid)
+/* pre_find returns the kept entry of |qid|, or NULL (none, or too old: then dropped). */
+static struct qc_pre *pre_find(struct queue_consumer *c, const char *qid)
 {
-    for (const struct qc_pre *p = cl->pres; p != NULL; p = p->next)
-        if (strcmp(p->qid, qid) == 0)
-            return p;
+    for (struct qc_pre *p = c->pre_index[pre_bucket(qid)]; p != NULL; p = p->hnext) {
+        if (strcmp(p->qid, qid) != 0)
+            continue;
+        if (loop_now(c) - p->at_ms >= QC_PRE_AGE_MS) {
+            pre_drop(c, p);
+            return NULL;
+        }
+        return p;
+    }
     return NULL;
 }
 
@@ -1717,7 +1782,7 @@ static void bare_take(struct qc_claim *cl, unsigned shard, const char *qid, cons
     cl->bares = b;
     cl->n_bares++;
     if (nd > 0)
-        pre_keep(cl, qid, env, ver, body);
+        pre_keep(c, qid, env, ver, body, nd);
 out:
     free(dests);
     queue_record_cleanup(rec);
@@ -1894,13 +1959,15 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
         l->tries = r_u32(e->element[2]);
         l->crashes = r_u32(e->element[3]);
         l->expires_ms = (int64_t)now + c->lease_ms;
-        const struct qc_pre *pre = pre_find(cl, qid);
+        struct qc_pre *pre = pre_find(c, qid);
         if (pre != NULL) {
-            /* Split by this claim: the record read then (no READ). */
+            /* Split by this consumer moments ago: the record read then (no READ). */
             cl->taken++;
             item_loaded(cl, l, (const char *)pre->rec, pre->rec_len, pre->ver, pre->ver_len,
                         pre->has_body ? (const char *)pre->body : NULL, pre->body_len);
             c->st.prefetched++;
+            if (--pre->uses_left == 0)
+                pre_drop(c, pre);
             continue;
         }
         char pmax[16];
@@ -3882,6 +3949,8 @@ void queue_consumer_free(struct queue_consumer *c)
         explicit_bzero(c->password, strlen(c->password));
     free(c->password);
     free(c->username);
+    while (c->pre_head != NULL)
+        pre_drop(c, c->pre_head);
     free(c->busy_hint);
     free(c->more_hint);
     free(c);

@@ -455,6 +455,42 @@ static void test_claim_done_delivered(void **state)
     queue_consumer_free(c);
 }
 
+/* A message split by one claim call whose items are leased by a later call of the same
+ * consumer (moments later) still needs no READ: the consumer kept what CLAIM read. */
+static void test_prefetch_across_claims(void **state)
+{
+    (void)state;
+    struct queue_consumer_config cfg;
+    struct claim_res cr, cr2;
+    char qid[CMTP_QID_MAX + 1];
+
+    ccfg(&cfg, "nodeA");
+    struct queue_consumer *c = copen(&cfg);
+    struct qmsg *m = qmsg_new(&fx, 3000, NULL); /* two destinations */
+    send_msg(m, qid);
+    assert_int_equal(claim(c, 1, &cr), 1);
+    assert_int_equal(claim(c, 1, &cr2), 1);
+    assert_string_not_equal(queue_consumer_lease_dest(cr.l[0]),
+                            queue_consumer_lease_dest(cr2.l[0]));
+    struct queue_consumer_stats st;
+    queue_consumer_get_stats(c, &st);
+    assert_int_equal(st.claimed, 2);
+    assert_int_equal(st.prefetched, 2);
+    /* Both complete normally from the kept record: the second sees the first's update as a
+     * changed version and re-reads. */
+    struct queue_consumer_done_result d = finish(cr.l[0], QUEUE_CONSUMER_DELIVERED, "250 ok");
+    assert_int_equal(d.status, QUEUE_CONSUMER_DONE_OK);
+    assert_false(d.removed);
+    d = finish(cr2.l[0], QUEUE_CONSUMER_DELIVERED, "250 ok");
+    assert_int_equal(d.status, QUEUE_CONSUMER_DONE_OK);
+    assert_true(d.removed);
+    queue_consumer_get_stats(c, &st);
+    assert_true(st.stale >= 1);
+    assert_int_equal(count_keys_with(qid), 0);
+    qmsg_free(m);
+    queue_consumer_free(c);
+}
+
 /* A temporary failure reschedules with exponential backoff: delays double up to retry_max,
  * each within [3/4, 1] of the nominal value. */
 static void test_tempfail_backoff(void **state)
@@ -1796,6 +1832,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_claim_done_delivered, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_prefetch_across_claims, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_tempfail_backoff, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_permfail_per_rcpt, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_mixed_rcpts, test_setup, test_teardown),
