@@ -174,10 +174,9 @@ static const char lua_read[] =
                 "        redis.call('HGET', P .. 'm:' .. ARGV[1], 'ver') or '0', b}\n";
 
 /* UPDATE (message shard). ARGV: 1 qid, 2 record version read, 3 new record, 4 report item
- * ('' none), 5 '1' when every recipient is final, 6 destination, 7 '1' when every recipient of
- * the destination is final, 8.. every destination of the message (with 5 only). Refuses with
- * {'stale', current record, version} when the record changed since it was read, {'gone'} when it
- * no longer exists; else {'ok'} or {'removed'}. */
+ * ('' none), 5 '1' when every recipient is final. Refuses with {'stale', current record,
+ * version} when the record changed since it was read, {'gone'} when it no longer exists; else
+ * {'ok'} or {'removed'}. */
 static const char lua_update[] =
     LUA_PRELUDE "local q = ARGV[1]\n"
                 "local env, m = P .. 'env:' .. q, P .. 'm:' .. q\n"
@@ -185,24 +184,17 @@ static const char lua_update[] =
                 "if not cur then return {'gone'} end\n"
                 "local ver = redis.call('HGET', m, 'ver') or '0'\n"
                 "if ver ~= ARGV[2] then return {'stale', cur, ver} end\n"
-                "local function undq(d)\n"
-                "  local k = P .. 'dq:' .. d\n"
-                "  redis.call('LREM', k, 1, q)\n"
-                "  if redis.call('LLEN', k) == 0 then redis.call('SREM', P .. 'doms', d) end\n"
-                "end\n"
                 "if #ARGV[4] > 0 then\n"
                 "  redis.call('RPUSH', P .. 'reports', ARGV[4])\n"
                 "  redis.call('HINCRBY', P .. 'stats', 'reports', 1)\n"
                 "end\n"
                 "if ARGV[5] == '1' then\n"
                 "  redis.call('UNLINK', env, P .. 'body:' .. q, m)\n"
-                "  for i = 8, #ARGV do undq(ARGV[i]) end\n"
                 "  redis.call('HINCRBY', P .. 'stats', 'completed', 1)\n"
                 "  return {'removed'}\n"
                 "end\n"
                 "redis.call('SET', env, ARGV[3])\n"
                 "redis.call('HINCRBY', m, 'ver', 1)\n"
-                "if ARGV[7] == '1' then undq(ARGV[6]) end\n"
                 "return {'ok'}\n";
 
 /* QUARANTINE (message shard). ARGV: 1 qid, 2 reason, 3 token of the lease on the unsplit
@@ -368,23 +360,14 @@ static const char lua_iadmin[] = LUA_PRELUDE
     "end\n"
     "return res\n";
 
-/* DELMSG (message shard). ARGV: 1 qid, 2.. its destinations (none: every destination listed in
- * doms, for a record that cannot be decoded). Removes the record, quarantined record, body,
- * state and queue entries. Returns how many keys or entries went. */
+/* DELMSG (message shard). ARGV: 1 qid. Removes the record, quarantined record, body and
+ * state. Returns how many keys or entries went. */
 static const char lua_delmsg[] = LUA_PRELUDE
     "local q = ARGV[1]\n"
     "local n = redis.call('DEL', P .. 'env:' .. q, P .. 'qenv:' .. q, P .. 'body:' .. q,\n"
     "                     P .. 'm:' .. q)\n"
     "n = n + redis.call('ZREM', P .. 'quarantine', q)\n"
     "redis.call('HDEL', P .. 'qreason', q)\n"
-    "local ds = {}\n"
-    "for i = 2, #ARGV do ds[#ds + 1] = ARGV[i] end\n"
-    "if #ds == 0 then ds = redis.call('SRANDMEMBER', P .. 'doms', 1000) end\n"
-    "for _, d in ipairs(ds) do\n"
-    "  local k = P .. 'dq:' .. d\n"
-    "  n = n + redis.call('LREM', k, 1, q)\n"
-    "  if redis.call('LLEN', k) == 0 then redis.call('SREM', P .. 'doms', d) end\n"
-    "end\n"
     "return n\n";
 
 /* BULK. ARGV: 1 mode ('flush': scheduled items due later become due now; 'revive': dead items
@@ -2464,13 +2447,10 @@ static int done_apply(struct qc_done *d)
     size_t *omap = malloc((nr ? nr : 1) * sizeof(*omap));
     uint8_t *saved = malloc(nr ? nr : 1);
     struct queue_consumer_report_rcpt *rep = NULL;
-    size_t nrep = 0, nd = 0;
+    size_t nrep = 0;
     uint32_t saved_attempts = rec->attempts;
     uint8_t *rbuf = NULL, *report = NULL;
     size_t rlen = 0, replen = 0;
-    const char **dests = NULL;
-    const char **args = NULL;
-    size_t *lens = NULL;
     unsigned delivered = 0, failed = 0, expired = 0, pending = 0;
     int rc = -ENOMEM;
 
@@ -2570,34 +2550,11 @@ static int done_apply(struct qc_done *d)
         if (rc < 0)
             goto restore;
     }
-    if (d->all_final) {
-        dests = dest_list(rec, false, &nd);
-        if (nd == SIZE_MAX) {
-            rc = -ENOMEM;
-            goto restore;
-        }
-    }
-    args = calloc(7 + nd, sizeof(*args));
-    lens = calloc(7 + nd, sizeof(*lens));
-    if (args == NULL || lens == NULL) {
-        rc = -ENOMEM;
-        goto restore;
-    }
-    args[0] = l->qid;
-    args[1] = l->ver;
-    args[2] = d->all_final ? "" : (const char *)rbuf;
-    lens[2] = d->all_final ? 0 : rlen;
-    args[3] = report ? (const char *)report : "";
-    lens[3] = report ? replen : 0;
-    args[4] = d->all_final ? "1" : "0";
-    args[5] = l->dest;
-    args[6] = d->dest_final ? "1" : "0";
-    for (size_t i = 0; i < nd; i++)
-        args[7 + i] = dests[i];
-    for (size_t i = 0; i < 7 + nd; i++)
-        if (i != 2 && i != 3)
-            lens[i] = strlen(args[i]);
-    rc = qc_eval(c, QS_UPDATE, l->shard_msg, 7 + nd, args, lens, on_update, d, 0);
+    const char *args[5] = {l->qid, l->ver, d->all_final ? "" : (const char *)rbuf,
+                           report ? (const char *)report : "", d->all_final ? "1" : "0"};
+    size_t lens[5] = {strlen(l->qid), strlen(l->ver), d->all_final ? 0 : rlen, report ? replen : 0,
+                      1};
+    rc = qc_eval(c, QS_UPDATE, l->shard_msg, 5, args, lens, on_update, d, 0);
     if (rc < 0)
         goto restore;
     memset(&d->res, 0, sizeof(d->res));
@@ -2619,9 +2576,6 @@ out:
     free(rbuf);
     free(report);
     free(rep);
-    free(dests);
-    free(args);
-    free(lens);
     free(omap);
     free(saved);
     return rc;
@@ -3545,25 +3499,9 @@ static void msg_advance(struct queue_consumer *c, struct qc_msg *m)
         }
     }
     if (m->stage == 2 && m->mode == QM_DELETE) {
-        size_t n = 1 + m->nd;
-        const char **args = calloc(n, sizeof(*args));
+        const char *args[1] = {m->qid};
         m->stage = 3;
-        if (args == NULL) {
-            msg_finish(c, m, -ENOMEM);
-            return;
-        }
-        args[0] = m->qid;
-        for (size_t i = 0; i < m->nd; i++)
-            args[1 + i] = m->dests[i];
-        size_t *lens = calloc(n, sizeof(*lens));
-        int rc = -ENOMEM;
-        if (lens != NULL) {
-            for (size_t i = 0; i < n; i++)
-                lens[i] = strlen(args[i]);
-            rc = qc_eval(c, QS_DELMSG, m->shard, n, args, lens, on_msg, m, 2);
-        }
-        free(args);
-        free(lens);
+        int rc = qc_evals(c, QS_DELMSG, m->shard, 1, args, on_msg, m, 2);
         if (rc == 0) {
             m->pending = 1;
             return;

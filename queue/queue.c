@@ -16,11 +16,9 @@
 #include <sys/random.h>
 #include <time.h>
 
-/* The commit script. KEYS: 1 dedup, 2 envelope, 3 body, 4 schedule, 5 destination set, 6 stats,
- * 7.. one work list per destination. ARGV: 1 qid, 2 digest (32 raw octets), 3 originator,
- * 4 recipient count, 5 envelope record, 6 last chunk (may be empty), 7 chunks expected (with the
- * last), 8 schedule score (ms), 9 dedup ttl (ms), 10 body size (not used by the script; kept
- * so that the argument layout stays that of docs/QUEUE.md), 11.. destination names.
+/* The commit script. KEYS: 1 dedup, 2 envelope, 3 body, 4 schedule, 5 stats. ARGV: 1 qid,
+ * 2 digest (32 raw octets), 3 originator, 4 recipient count, 5 envelope record, 6 last chunk
+ * (may be empty), 7 chunks expected (with the last), 8 schedule score (ms), 9 dedup ttl (ms).
  * Every check comes before the first write, and the last check (SET NX of the envelope, the
  * queue-id clash test) is the first write: Redis refuses a legacy script's first write under
  * OOM, MISCONF or NOREPLICAS, so a refused commit leaves nothing behind; scripts are not rolled
@@ -32,10 +30,10 @@ static const char commit_lua[] =
     "if prev[1] then\n"
     "  redis.pcall('UNLINK', KEYS[3])\n"
     "  if prev[2] ~= ARGV[2] or prev[3] ~= ARGV[3] then\n"
-    "    redis.pcall('HINCRBY', KEYS[6], 'conflicts', 1)\n"
+    "    redis.pcall('HINCRBY', KEYS[5], 'conflicts', 1)\n"
     "    return {'conflict', prev[1], prev[4] or '0'}\n"
     "  end\n"
-    "  redis.pcall('HINCRBY', KEYS[6], 'dups', 1)\n"
+    "  redis.pcall('HINCRBY', KEYS[5], 'dups', 1)\n"
     "  return {'dup', prev[1], prev[4] or '0'}\n"
     "end\n"
     "local inline = #ARGV[6] > 0\n"
@@ -53,10 +51,6 @@ static const char commit_lua[] =
     "if inline then redis.call('RPUSH', KEYS[3], ARGV[6]) end\n"
     "if sent > 0 then redis.call('PERSIST', KEYS[3]) end\n"
     "redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])\n"
-    "for i = 7, #KEYS do\n"
-    "  redis.call('RPUSH', KEYS[i], ARGV[1])\n"
-    "  redis.call('SADD', KEYS[5], ARGV[i + 4])\n"
-    "end\n"
     "redis.call('HSET', KEYS[1], 'qid', ARGV[1], 'digest', ARGV[2], 'from', ARGV[3], 'rcpts', "
     "ARGV[4])\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[9])\n"
@@ -133,9 +127,6 @@ struct queue_txn {
     struct queue_rcpt *u_rcpts;
     size_t u_n;
     struct queue_txn_meta *u_meta;
-    char *dests; /* n_dests NUL-terminated destination names, back to back, sorted, unique */
-    size_t dests_len;
-    unsigned n_dests;
     /* body */
     struct chunk *fill;
     struct chunk *ready_head, *ready_tail;
@@ -753,7 +744,6 @@ static void txn_destroy(struct queue_txn *t)
         explicit_bzero(t->record, t->record_len);
     free(t->record);
     unsized_free(t);
-    free(t->dests);
     free(t);
 }
 
@@ -860,55 +850,38 @@ static int send_chunk(struct queue_txn *t, struct chunk *c)
 static int send_commit(struct queue_txn *t, bool use_eval)
 {
     struct queue *q = t->q;
-    const size_t nkeys = 6 + t->n_dests, nargs = 10 + t->n_dests;
-    const size_t argc = 3 + nkeys + nargs;
-    const char **argv = calloc(argc, sizeof(*argv));
-    size_t *lens = calloc(argc, sizeof(*lens));
-    /* Fixed keys fit QUEUE_KEY_MAX; a work-list key needs the prefix, tag and its name. */
-    const size_t dq_cap = QUEUE_PREFIX_MAX + 24 + CMTP_DOMAIN_MAX;
-    char *keys = malloc(6 * QUEUE_KEY_MAX + t->n_dests * dq_cap);
-    char nk[16], rc_s[16], chunks_s[16], score_s[24], ttl_s[16], size_s[24], wn[16], wt[16];
-    static const char *const kinds[6] = {"txn", "env", "body", "sched", "doms", "stats"};
-    const char *names[6] = {t->txid, t->qid, t->qid, NULL, NULL, NULL};
+    enum { NKEYS = 5, NARGS = 9, ARGC = 3 + NKEYS + NARGS };
+    const char *argv[ARGC];
+    size_t lens[ARGC];
+    char keys[NKEYS][QUEUE_KEY_MAX];
+    char nk[16], rc_s[16], chunks_s[16], score_s[24], ttl_s[16], wn[16], wt[16];
+    static const char *const kinds[NKEYS] = {"txn", "env", "body", "sched", "stats"};
+    const char *names[NKEYS] = {t->txid, t->qid, t->qid, NULL, NULL};
     size_t fill_len = t->fill ? t->fill->len : 0;
     size_t a = 0;
-    int rc = -ENOMEM;
+    int rc;
 
-    if (argv == NULL || lens == NULL || keys == NULL)
-        goto out;
     argv[a] = use_eval ? "EVAL" : "EVALSHA";
     lens[a] = strlen(argv[a]);
     a++;
     argv[a] = use_eval ? commit_lua : q->sha;
     lens[a] = use_eval ? sizeof(commit_lua) - 1 : strlen(q->sha);
     a++;
-    snprintf(nk, sizeof(nk), "%zu", nkeys);
+    snprintf(nk, sizeof(nk), "%d", NKEYS);
     argv[a] = nk;
     lens[a++] = strlen(nk);
-    const char *d = t->dests;
-    char *k = keys;
-    for (size_t i = 0; i < nkeys; i++) {
-        int kl;
-        if (i < 6) {
-            kl = queue_key_format(k, QUEUE_KEY_MAX, q->prefix, t->shard, kinds[i], names[i],
+    for (size_t i = 0; i < NKEYS; i++) {
+        int kl = queue_key_format(keys[i], QUEUE_KEY_MAX, q->prefix, t->shard, kinds[i], names[i],
                                   names[i] ? strlen(names[i]) : 0);
-        } else {
-            kl = queue_key_format(k, dq_cap, q->prefix, t->shard, "dq", d, strlen(d));
-            d += strlen(d) + 1;
-        }
-        if (kl < 0) {
-            rc = kl;
-            goto out;
-        }
-        argv[a] = k;
+        if (kl < 0)
+            return kl;
+        argv[a] = keys[i];
         lens[a++] = (size_t)kl;
-        k += kl + 1;
     }
     snprintf(rc_s, sizeof(rc_s), "%u", t->n_rcpts);
     snprintf(chunks_s, sizeof(chunks_s), "%u", t->chunks_sent + (fill_len > 0 ? 1u : 0u));
     snprintf(score_s, sizeof(score_s), "%lld", (long long)wall_ms());
     snprintf(ttl_s, sizeof(ttl_s), "%u", q->dedup_ttl_ms);
-    snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)t->size);
     argv[a] = t->qid;
     lens[a++] = strlen(t->qid);
     argv[a] = (const char *)t->digest;
@@ -927,24 +900,18 @@ static int send_commit(struct queue_txn *t, bool use_eval)
     lens[a++] = strlen(score_s);
     argv[a] = ttl_s;
     lens[a++] = strlen(ttl_s);
-    argv[a] = size_s;
-    lens[a++] = strlen(size_s);
-    for (const char *dn = t->dests; a < argc; dn += strlen(dn) + 1) {
-        argv[a] = dn;
-        lens[a++] = strlen(dn);
-    }
 
     struct op *op = op_new(q, OP_COMMIT, t);
     if (op == NULL)
-        goto out;
+        return -ENOMEM;
     t->attempt++;
     t->used_eval = use_eval;
     t->result_set = false;
     t->wait_short = false;
     op->attempt = t->attempt;
-    rc = q_send(q, op, (int)argc, argv, lens, q->op_timeout_ms);
+    rc = q_send(q, op, ARGC, argv, lens, q->op_timeout_ms);
     if (rc < 0)
-        goto out;
+        return rc;
     t->commit_pending++;
     if (q->wait_replicas > 0) {
         snprintf(wn, sizeof(wn), "%u", q->wait_replicas);
@@ -961,12 +928,7 @@ static int send_commit(struct queue_txn *t, bool use_eval)
             t->commit_pending++;
         }
     }
-    rc = 0;
-out:
-    free(argv);
-    free(lens);
-    free(keys);
-    return rc;
+    return 0;
 }
 
 /* txn_pump sends what |t| may send now: ready chunks within the per-transaction and worker
@@ -1030,49 +992,15 @@ static void txn_kick(struct queue_txn *t)
     maybe_writable(t);
 }
 
-static int dest_cmp(const void *a, const void *b)
+/* check_dests checks that every recipient of |rcpts| has a destination (its next hop or its
+ * domain) of 1..CMTP_DOMAIN_MAX octets. */
+static int check_dests(const struct queue_rcpt *rcpts, size_t n)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* collect_dests stores the sorted, unique destinations of |rcpts| in |t|. */
-static int collect_dests(struct queue_txn *t, const struct queue_rcpt *rcpts, size_t n)
-{
-    const char **v = malloc(n * sizeof(*v));
-    size_t total = 0;
-    unsigned nd = 0;
-
-    if (v == NULL)
-        return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         const char *d = rcpts[i].next_hop[0] ? rcpts[i].next_hop : rcpts[i].addr.domain;
-        if (strnlen(d, CMTP_DOMAIN_MAX + 1) > CMTP_DOMAIN_MAX || d[0] == '\0') {
-            free(v);
+        if (d[0] == '\0' || strnlen(d, CMTP_DOMAIN_MAX + 1) > CMTP_DOMAIN_MAX)
             return -EINVAL;
-        }
-        v[i] = d;
     }
-    qsort(v, n, sizeof(*v), dest_cmp);
-    for (size_t i = 0; i < n; i++)
-        if (i == 0 || strcmp(v[i], v[i - 1]) != 0)
-            total += strlen(v[i]) + 1;
-    t->dests = malloc(total);
-    if (t->dests == NULL) {
-        free(v);
-        return -ENOMEM;
-    }
-    char *p = t->dests;
-    for (size_t i = 0; i < n; i++) {
-        if (i == 0 || strcmp(v[i], v[i - 1]) != 0) {
-            size_t l = strlen(v[i]) + 1;
-            memcpy(p, v[i], l);
-            p += l;
-            nd++;
-        }
-    }
-    t->dests_len = total;
-    t->n_dests = nd;
-    free(v);
     return 0;
 }
 
@@ -1119,7 +1047,7 @@ static struct queue_txn *txn_begin(struct queue *q, const struct cmtp_envelope *
     if (!env->from.is_null)
         snprintf(t->from, sizeof(t->from), "%.*s@%.*s", CMTP_LOCAL_MAX, env->from.local,
                  CMTP_DOMAIN_MAX, env->from.domain);
-    rc = collect_dests(t, rcpts, n_rcpts);
+    rc = check_dests(rcpts, n_rcpts);
     if (rc < 0)
         goto err;
     if (unsized_max > 0) {
@@ -1158,7 +1086,6 @@ linked:
     return t;
 err:
     unsized_free(t);
-    free(t->dests);
     free(t);
     errno = -rc;
     return NULL;

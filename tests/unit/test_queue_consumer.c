@@ -437,7 +437,6 @@ static void test_claim_done_delivered(void **state)
         assert_int_equal(qfix_exists(&fx, ckey(key, k, "conc", NULL)), 0);
         assert_int_equal(qfix_exists(&fx, ckey(key, k, "lease", NULL)), 0);
     }
-    assert_int_equal(qfix_exists(&fx, ckey(key, s, "dq", "dest.example")), 0);
     const char *hc[] = {"HGET", ckey(key, s, "stats", NULL), "completed"};
     r = qfix_cmd(&fx, 3, hc);
     assert_string_equal(r->str, "1");
@@ -721,9 +720,6 @@ static void test_mixed_rcpts(void **state)
     queue_record_cleanup(rec);
     free(rec);
     free(raw);
-    assert_int_equal(qfix_exists(&fx, ckey(key, s, "dq", "mx.other.example")), 0);
-    const char *lp[] = {"LPOS", ckey(key, s, "dq", "dest.example"), qid};
-    assert_int_equal(qfix_int(&fx, 3, lp), 0);
 
     /* The retry carries only the pending recipient. */
     struct n_res nr = {0};
