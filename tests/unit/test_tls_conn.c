@@ -253,7 +253,7 @@ struct raw {
     SSL_SESSION *sess;
     int tickets; /* session tickets received */
     int hs;      /* last SSL_do_handshake result */
-    int err; /* SSL_get_error of it */
+    int err;     /* SSL_get_error of it */
     uint32_t first_err;
 };
 
