@@ -12,7 +12,9 @@ wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT
 check "make run prints a cmtp-send command" grep -q 'cmtp-send --ca' "$T/run.out"
 check "first run made certificates" test -f "$T/state/tls/server.crt"
 check "first run wrote a config" test -f "$T/state/cmtpd.conf"
-check "embedded redis socket exists" test -S "$T/state/redis/redis.sock"
+# cmtpd listens before the keeper's redis-server has made its socket (a client meanwhile gets
+# 451): wait for it.
+check "embedded redis socket exists" poll 10 test -S "$T/state/redis/redis.sock"
 check "embedded redis: appendfsync always" bash -c '[ "$(redis-cli -s "$1" CONFIG GET appendfsync | tail -1)" = always ]' _ "$T/state/redis/redis.sock"
 check "embedded redis: AOF on" bash -c '[ "$(redis-cli -s "$1" CONFIG GET appendonly | tail -1)" = yes ]' _ "$T/state/redis/redis.sock"
 rpid=$(cat "$T/state/redis/redis.pid" 2>/dev/null)
