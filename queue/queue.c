@@ -24,9 +24,9 @@
  * OOM, MISCONF or NOREPLICAS, so a refused commit leaves nothing behind; scripts are not rolled
  * back, which is why nothing after the first write can fail on input. The dedup key is a string
  * "qid LF rcpts LF originator LF digest" with its expiry set by the same SET (a HASH written by
- * an older node is still read). The body list is counted
- * (LLEN) and made persistent only when chunks were written before the commit; the `accepted`
- * and `bytes` counters are added in batches (stats_flush), not by every commit. */
+ * an older node is still read; addresses never hold a LF). The body list is counted (LLEN) and
+ * made persistent only when chunks were written before the commit; the `accepted` and `bytes`
+ * counters are added in batches (on_stats_timer), not by every commit. */
 static const char commit_lua[] =
     "local prev = {}\n"
     "local v = redis.pcall('GET', KEYS[1])\n"
