@@ -890,6 +890,11 @@ static int data_step(struct cmtp_smtps *s, const uint8_t *in, size_t len, size_t
             if (*p == '\r') {
                 s->ds = D_CR;
             } else {
+                /* Under bare_lf_reject the octets before the first bare LF are reported
+                 * first, so that what is passed on before the body turns to discarded does
+                 * not depend on where the input was split; the LF is looked at again. */
+                if (s->bare_lf_reject && !s->lf_bad && rl > 0)
+                    goto out;
                 s->t.bare_lf++;
                 if (s->bare_lf_reject)
                     s->lf_bad = true;

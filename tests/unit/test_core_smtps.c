@@ -665,6 +665,21 @@ static void test_size_limit(void **state)
     assert_int_equal(h->ends, 0);
     assert_int_equal(h->resets, 1);
     sh_free(h);
+    /* under bare_lf_reject the octets passed on before the body is discarded are the octets
+     * before the first bare LF, wherever the input was cut (found by fuzz_smtps) */
+    static const char lsess[] = "EHLO x\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<b@b.test>\r\nDATA\r\n"
+                                "Subject: hi\r\n\r\n..dot\r\nx\n.\nbare\r.\r\n.\r\nQUIT\r\n";
+    static const char lwant[] = "Subject: hi\r\n\r\n.dot\r\nx";
+    for (size_t cut = 0; cut < sizeof(lsess) - 1; cut++) {
+        struct sh *x = sh_new(&cfg);
+        cli_n(x, lsess, cut, 0);
+        cli_n(x, lsess + cut, sizeof(lsess) - 1 - cut, 0);
+        assert_int_equal(x->resets, 1);
+        assert_int_equal(x->ends, 0);
+        assert_non_null(strstr(x->out, "554 5.6.0"));
+        assert_int_equal(x->body_total, sizeof(lwant) - 1);
+        sh_free(x);
+    }
 }
 
 static void test_error_counting(void **state)
