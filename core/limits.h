@@ -14,6 +14,9 @@
 
 /* CMTP_LINE_MAX is the longest command or reply line, in octets, CRLF included. */
 #define CMTP_LINE_MAX 4096
+/* CMTP_LINE_MIN is the lowest line-max a server may advertise (a config may lower line-max to
+ * it): room for a RCPT line with a 254-octet address and its parameters. */
+#define CMTP_LINE_MIN 1024
 
 /* CMTP_RCPT_MAX_DEFAULT is the default number of RCPT commands per transaction. */
 #define CMTP_RCPT_MAX_DEFAULT 1000

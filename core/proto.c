@@ -175,7 +175,17 @@ void cmtp_reader_init(struct cmtp_reader *r)
     r->u8_hi = 0xbf;
     r->done = 0;
     r->err = 0;
+    r->line_max = CMTP_LINE_MAX;
     r->line[0] = '\0';
+}
+
+void cmtp_reader_set_line_max(struct cmtp_reader *r, size_t n)
+{
+    if (n < CMTP_LINE_MIN)
+        n = CMTP_LINE_MIN;
+    if (n > CMTP_LINE_MAX)
+        n = CMTP_LINE_MAX;
+    r->line_max = (uint16_t)n;
 }
 
 static enum cmtp_rd reader_fail(struct cmtp_reader *r, enum cmtp_rd e, size_t *consumed, size_t i)
@@ -211,7 +221,7 @@ enum cmtp_rd cmtp_reader_next(struct cmtp_reader *r, const uint8_t *in, size_t l
     for (size_t i = 0; i < len; i++) {
         if (!r->cr && !r->u8_need) {
             /* Fast path: a run of printable ASCII goes straight into the line. */
-            size_t room = CMTP_LINE_MAX - 2 - r->len;
+            size_t room = (size_t)r->line_max - 2 - r->len;
             size_t lim = len - i < room ? len - i : room, j = 0;
             const uint8_t *p = in + i;
             while (j < lim && p[j] >= 0x20 && p[j] < 0x80)
@@ -266,8 +276,8 @@ enum cmtp_rd cmtp_reader_next(struct cmtp_reader *r, const uint8_t *in, size_t l
         } else if (b == '\n' || b == 0) {
             return reader_fail(r, CMTP_RD_BAD_LINE, consumed, i);
         }
-        /* Content may be CMTP_LINE_MAX - 2 octets: the CRLF makes the line CMTP_LINE_MAX. */
-        if (r->len >= CMTP_LINE_MAX - 2)
+        /* Content may be line-max - 2 octets: the CRLF makes the line line-max. */
+        if (r->len >= (size_t)r->line_max - 2)
             return reader_fail(r, CMTP_RD_TOO_LONG, consumed, i);
         r->line[r->len++] = (char)b;
     }

@@ -32,7 +32,7 @@ enum cmtp_rd {
     CMTP_RD_LINE,      /* a complete line (item->line, item->len; CRLF stripped) */
     CMTP_RD_DATA,      /* raw chunk octets (item->data, item->len) pointing into the input */
     CMTP_RD_BAD_LINE,  /* bare CR, bare LF, NUL or invalid UTF-8 in a line (sticky) */
-    CMTP_RD_TOO_LONG,  /* a line longer than CMTP_LINE_MAX octets with its CRLF (sticky) */
+    CMTP_RD_TOO_LONG,  /* a line longer than the reader's line-max with its CRLF (sticky) */
 };
 
 /* cmtp_reader is the incremental framer's state. A partial line lives in |line| (fixed size, so a
@@ -47,6 +47,7 @@ struct cmtp_reader {
     uint8_t u8_lo, u8_hi;     /* allowed range of the next continuation octet */
     uint8_t done;             /* the last call returned a line: clear |line| on the next */
     uint8_t err;              /* sticky error (an enum cmtp_rd value), or 0 */
+    uint16_t line_max;        /* longest line with its CRLF (CMTP_LINE_MIN..CMTP_LINE_MAX) */
 };
 
 /* cmtp_rd_item is one item found by cmtp_reader_next. For CMTP_RD_LINE, |line| points into the
@@ -58,8 +59,13 @@ struct cmtp_rd_item {
     size_t len;
 };
 
-/* cmtp_reader_init resets |r| to the start of a stream: no partial line, no data expected. */
+/* cmtp_reader_init resets |r| to the start of a stream: no partial line, no data expected, lines
+ * of up to CMTP_LINE_MAX octets. */
 void cmtp_reader_init(struct cmtp_reader *r);
+
+/* cmtp_reader_set_line_max lowers the longest line |r| accepts to |n| octets, CRLF included;
+ * |n| is clamped to CMTP_LINE_MIN..CMTP_LINE_MAX. Call it before the first line. */
+void cmtp_reader_set_line_max(struct cmtp_reader *r, size_t n);
 
 /* cmtp_reader_next consumes octets from |in| (|len| octets; |in| may be NULL when |len| is 0)
  * until it finds one item, and sets |*consumed| to the octets used (always <= |len|). Input may be
@@ -69,7 +75,7 @@ void cmtp_reader_init(struct cmtp_reader *r);
  * expected number of octets, as a pointer into |in| — possibly in several pieces. Otherwise it
  * collects a line: CRLF ends it; a CR not followed by LF, an LF not preceded by CR, a NUL or
  * invalid UTF-8 (overlong, surrogate, > U+10FFFF, truncated before the CR) gives
- * CMTP_RD_BAD_LINE; more than CMTP_LINE_MAX - 2 content octets gives CMTP_RD_TOO_LONG. Errors
+ * CMTP_RD_BAD_LINE; more than line-max - 2 content octets gives CMTP_RD_TOO_LONG. Errors
  * are sticky: every later call returns the same error and consumes nothing. CMTP_RD_AGAIN means
  * all of |in| was consumed. */
 enum cmtp_rd cmtp_reader_next(struct cmtp_reader *r, const uint8_t *in, size_t len,

@@ -128,6 +128,7 @@ struct cmtp_server *cmtp_server_new(const struct cmtp_server_config *cfg)
     s->txn_max = cfg->txn_max ? cfg->txn_max : CMTP_TXN_MAX_DEFAULT;
     s->errors_max = cfg->errors_max ? cfg->errors_max : CMTP_ERRORS_MAX;
     cmtp_reader_init(&s->rd);
+    cmtp_reader_set_line_max(&s->rd, cfg->line_max ? cfg->line_max : CMTP_LINE_MAX);
     s->close_status = "";
     return s;
 err:
@@ -170,7 +171,7 @@ void cmtp_server_start(struct cmtp_server *s)
         {"size-max", u64_str(size, s->size_max)},
         {"rcpt-max", u64_str(rcpt, s->rcpt_max)},
         {"chunk-max", u64_str(chunk, s->chunk_max)},
-        {"line-max", u64_str(line, CMTP_LINE_MAX)},
+        {"line-max", u64_str(line, s->rd.line_max)},
         {"txn-max", u64_str(txn, s->txn_max)},
     };
     assert(!s->started);

@@ -24,6 +24,8 @@ struct cmtp_server_config {
     uint32_t chunk_max;  /* largest BODY chunk (<= CMTP_CHUNK_MAX_HARD) */
     uint32_t txn_max;    /* transactions (accepted MAIL commands) per connection */
     uint32_t errors_max; /* failed commands in a row before `604 too-many-errors` */
+    uint32_t line_max;   /* longest command line, CRLF included (0: CMTP_LINE_MAX; clamped to
+                          * CMTP_LINE_MIN..CMTP_LINE_MAX); advertised as line-max= */
 };
 
 /* Where the outline leaves a choice, this server does the following (docs/PROTOCOL.md must say

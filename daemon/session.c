@@ -842,6 +842,7 @@ void cmtpd_worker_set_cfg(struct cmtpd_worker *w, struct cmtpd_cfg *cfg, struct 
             .chunk_max = (uint32_t)c->limits.chunk_max,
             .txn_max = c->limits.txn_max,
             .errors_max = CMTP_ERRORS_MAX,
+            .line_max = c->limits.line_max,
         };
     }
     cmtpd_cfg_unref(old_cfg);

@@ -2,7 +2,8 @@
 # tests/integration/test_limits.sh — connection limits and deadlines: conn_per_ip_max refuses
 # the connection before any TLS byte; a silent TCP peer is closed at the handshake deadline; a
 # silent CMTP session gets `605 timeout` at the idle deadline; a stalled command line at the
-# command deadline; other clients are served meanwhile.
+# command deadline; other clients are served meanwhile; [limits] line_max and rcpt_max are
+# advertised in the greeting and enforced.
 source "$(dirname "$0")/lib.sh"
 
 certs "$T/tls" mx.b.test b.test
@@ -24,6 +25,9 @@ address = unix:$T/r.sock
 handshake = 1s
 idle = 1s
 command = 1s
+[limits]
+line_max = 2048
+rcpt_max = 3
 CONF
 "$B/cmtpd" -c "$T/cmtpd.conf" 2>"$T/cmtpd.log" &
 PIDS+=("$!")
@@ -88,6 +92,19 @@ c = cc.Conn(port, ca)
 c.read_greeting()
 _, _, end = cc.send_message(c, "a@a.test", ["b@b.test"], b"still served")
 res("a well-behaved client is served", (end or "").startswith("250 accepted"), end)
+# [limits]: line-max=2048 and rcpt-max=3 advertised; a 2048-octet line is a line, 2049 is not.
+c = cc.Conn(port, ca)
+g = c.read_greeting()
+res("greeting advertises line-max=2048 rcpt-max=3", " line-max=2048 " in g and " rcpt-max=3 " in g, g)
+c.send("NOOP " + "x" * (2048 - 7) + "\r\n")
+r = c.read_line()
+res("a line of exactly line-max octets is read as a line", r.startswith("501 "), r)
+c.send("NOOP " + "x" * (2048 - 6) + "\r\n")
+try:
+    r = c.read_line()
+except (OSError, ConnectionError) as e:
+    r = repr(e)
+res("one octet past line-max: 600 line-too-long", r.startswith("600 line-too-long"), r)
 PY
 )
 echo "$out"

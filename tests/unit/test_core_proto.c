@@ -259,6 +259,29 @@ static void test_reader_line_max(void **state)
         memcpy(buf + i, "\xc3\xa9", 2);
     memcpy(buf + CMTP_LINE_MAX - 2, "\r\n", 2);
     assert_int_equal(first_result(buf, CMTP_LINE_MAX, &ll), CMTP_RD_LINE);
+    /* a lowered line-max: exactly it is a line, one more octet is too long */
+    struct cmtp_reader *r = malloc(sizeof(*r));
+    assert_non_null(r);
+    struct cmtp_rd_item it;
+    size_t used;
+    memset(buf, 'y', 2046);
+    memcpy(buf + 2046, "\r\n", 2);
+    cmtp_reader_init(r);
+    cmtp_reader_set_line_max(r, 2048);
+    assert_int_equal(cmtp_reader_next(r, (const uint8_t *)buf, 2048, &used, &it), CMTP_RD_LINE);
+    assert_int_equal(it.len, 2046);
+    memset(buf, 'y', 2047);
+    memcpy(buf + 2047, "\r\n", 2);
+    cmtp_reader_init(r);
+    cmtp_reader_set_line_max(r, 2048);
+    assert_int_equal(cmtp_reader_next(r, (const uint8_t *)buf, 2049, &used, &it), CMTP_RD_TOO_LONG);
+    assert_int_equal(used, 2046);
+    /* clamped to CMTP_LINE_MIN..CMTP_LINE_MAX */
+    cmtp_reader_set_line_max(r, 10);
+    assert_int_equal(r->line_max, CMTP_LINE_MIN);
+    cmtp_reader_set_line_max(r, 1u << 20);
+    assert_int_equal(r->line_max, CMTP_LINE_MAX);
+    free(r);
     free(buf);
 }
 

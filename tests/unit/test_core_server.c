@@ -1082,6 +1082,33 @@ static void test_bad_lines(void **state)
     expect(h, "600 line-too-long\r\n");
     assert_true(h->closed);
     h_free(h);
+    /* a configured line-max ([limits] line_max) is advertised and enforced the same way; values
+     * outside CMTP_LINE_MIN..CMTP_LINE_MAX are clamped */
+    static const struct {
+        uint32_t set, eff;
+    } lm[] = {{2048, 2048}, {CMTP_LINE_MIN, CMTP_LINE_MIN}, {100, CMTP_LINE_MIN}, {9000, 4096}};
+    for (size_t i = 0; i < sizeof(lm) / sizeof(lm[0]); i++) {
+        struct cmtp_server_config cfg = {.host = "mx.example", .line_max = lm[i].set};
+        size_t n = lm[i].eff;
+        char want[160];
+        h = h_new(&cfg);
+        h_drain(h);
+        snprintf(want, sizeof(want),
+                 "220 ready proto=cmtp/1 host=mx.example size-max=67108864 rcpt-max=1000 "
+                 "chunk-max=1048576 line-max=%zu txn-max=1000\r\n",
+                 n);
+        expect(h, want);
+        memcpy(buf, "NOOP ", 5);
+        memset(buf + 5, 'x', n - 7);
+        memcpy(buf + n - 2, "\r\n", 2);
+        h_feed_split(h, buf, n, i);
+        expect(h, "501 bad-syntax\r\n");
+        memcpy(buf + n - 2, "x\r\n", 3);
+        h_feed_split(h, buf, n + 1, i);
+        expect(h, "600 line-too-long\r\n");
+        assert_true(h->closed);
+        h_free(h);
+    }
     free(buf);
 }
 
