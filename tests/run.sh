@@ -69,6 +69,7 @@ done
 
 # Fuzz targets: regressions first, then a bounded run from the committed corpus.
 secs=${CMTP_FUZZ_SECONDS:-5}
+seed=${CMTP_FUZZ_SEED:-1} # fixed: the same verdict on the same code (0: libFuzzer draws one)
 for fz in build/fuzz/fuzz_*; do
   [ -x "$fz" ] || continue
   n=$(basename "$fz"); n=${n#fuzz_}
@@ -76,7 +77,7 @@ for fz in build/fuzz/fuzz_*; do
     run_suite "fuzz-regress:$n" "$fz" tests/fuzz/regressions/"$n"/*
   fi
   tmp=$(mktemp -d)
-  run_suite "fuzz:$n" "$fz" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
+  run_suite "fuzz:$n" "$fz" -max_total_time="$secs" -seed="$seed" -rss_limit_mb=2048 -timeout=10 \
     -print_final_stats=1 "$tmp" "tests/fuzz/corpus/$n"
   rm -rf "$tmp"
 done

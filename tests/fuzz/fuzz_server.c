@@ -182,6 +182,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cfg.txn_max = 1 + (f >> 4) % 3;
     if (f & 16)
         cfg.errors_max = 1 + (f >> 5) % 4;
+    if (f & 64)
+        cfg.line_max = (f & 32) ? CMTP_LINE_MIN : 2 * CMTP_LINE_MIN; /* [limits] line_max */
     uint32_t seed = (uint32_t)data[1] | (uint32_t)data[2] << 8 | (uint32_t)data[3] << 16 |
                     (uint32_t)data[4] << 24;
     size_t nsteps = data[5] % 16;
