@@ -246,6 +246,8 @@ static int rp_dsn(struct dl_report *rp)
         .arrival_date = rec->created_ms / 1000,
         .rcpts = dr,
         .nrcpt = n,
+        .original = rp->rep.headers, /* the message start the queue attached, or NULL */
+        .original_len = rp->rep.headers_len,
     };
     len = -ENOMEM;
     if ((rp->body = malloc(cap)) == NULL)
@@ -329,7 +331,7 @@ static void rp_take_cb(void *arg, int err, unsigned shard, const uint8_t *data, 
         rp_end(rp, true);
         return;
     }
-    rp->dsn = strncmp(rp->rep.record->meta.listener, "smtp", 4) == 0;
+    rp->dsn = queue_record_wants_dsn(rp->rep.record);
     rp_next(rp);
 }
 

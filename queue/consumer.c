@@ -25,6 +25,10 @@
  * `<qid>` (a message not yet split, in its own shard) or `<qid>/<dest>` (in the destination's
  * home shard). Reads come before the first write wherever a script can refuse. */
 
+/* QC_XSTR spells a numeric macro into a script's text. */
+#define QC_STR(x) #x
+#define QC_XSTR(x) QC_STR(x)
+
 #define LUA_PRELUDE                                                                                \
     "local P = string.sub(KEYS[1], 1, -6)\n"                                                       \
     "local T = redis.call('TIME')\n"                                                               \
@@ -174,28 +178,49 @@ static const char lua_read[] =
                 "        redis.call('HGET', P .. 'm:' .. ARGV[1], 'ver') or '0', b}\n";
 
 /* UPDATE (message shard). ARGV: 1 qid, 2 record version read, 3 new record, 4 report item
- * ('' none), 5 '1' when every recipient is final. Refuses with {'stale', current record,
- * version} when the record changed since it was read, {'gone'} when it no longer exists; else
- * {'ok'} or {'removed'}. */
-static const char lua_update[] =
-    LUA_PRELUDE "local q = ARGV[1]\n"
-                "local env, m = P .. 'env:' .. q, P .. 'm:' .. q\n"
-                "local cur = redis.call('GET', env)\n"
-                "if not cur then return {'gone'} end\n"
-                "local ver = redis.call('HGET', m, 'ver') or '0'\n"
-                "if ver ~= ARGV[2] then return {'stale', cur, ver} end\n"
-                "if #ARGV[4] > 0 then\n"
-                "  redis.call('RPUSH', P .. 'reports', ARGV[4])\n"
-                "  redis.call('HINCRBY', P .. 'stats', 'reports', 1)\n"
-                "end\n"
-                "if ARGV[5] == '1' then\n"
-                "  redis.call('UNLINK', env, P .. 'body:' .. q, m)\n"
-                "  redis.call('HINCRBY', P .. 'stats', 'completed', 1)\n"
-                "  return {'removed'}\n"
-                "end\n"
-                "redis.call('SET', env, ARGV[3])\n"
-                "redis.call('HINCRBY', m, 'ver', 1)\n"
-                "return {'ok'}\n";
+ * ('' none), 5 '1' when every recipient is final, 6 '1' to attach the message's first octets to
+ * the report item ("HDRS", u32 length, at most QUEUE_CONSUMER_REPORT_HEADERS_MAX octets, taken
+ * from as many body chunks as that needs). Refuses with {'stale', current record, version} when
+ * the record changed since it was read, {'gone'} when it no longer exists; else {'ok'} or
+ * {'removed'}. */
+static const char lua_update[] = LUA_PRELUDE
+    "local q = ARGV[1]\n"
+    "local env, m = P .. 'env:' .. q, P .. 'm:' .. q\n"
+    "local cur = redis.call('GET', env)\n"
+    "if not cur then return {'gone'} end\n"
+    "local ver = redis.call('HGET', m, 'ver') or '0'\n"
+    "if ver ~= ARGV[2] then return {'stale', cur, ver} end\n"
+    "if #ARGV[4] > 0 then\n"
+    "  local item = ARGV[4]\n"
+    "  if ARGV[6] == '1' then\n"
+    "    local h, i, hmax = {}, 0, " QC_XSTR(
+        QUEUE_CONSUMER_REPORT_HEADERS_MAX) "\n"
+                                           "    local n = 0\n"
+                                           "    while n < hmax do\n"
+                                           "      local c = redis.call('LINDEX', P .. 'body:' .. "
+                                           "q, i)\n"
+                                           "      if not c then break end\n"
+                                           "      h[#h + 1] = c\n"
+                                           "      n = n + #c\n"
+                                           "      i = i + 1\n"
+                                           "    end\n"
+                                           "    if n > 0 then\n"
+                                           "      local s = string.sub(table.concat(h), 1, hmax)\n"
+                                           "      item = item .. 'HDRS' .. struct.pack('>I4', #s) "
+                                           ".. s\n"
+                                           "    end\n"
+                                           "  end\n"
+                                           "  redis.call('RPUSH', P .. 'reports', item)\n"
+                                           "  redis.call('HINCRBY', P .. 'stats', 'reports', 1)\n"
+                                           "end\n"
+                                           "if ARGV[5] == '1' then\n"
+                                           "  redis.call('UNLINK', env, P .. 'body:' .. q, m)\n"
+                                           "  redis.call('HINCRBY', P .. 'stats', 'completed', 1)\n"
+                                           "  return {'removed'}\n"
+                                           "end\n"
+                                           "redis.call('SET', env, ARGV[3])\n"
+                                           "redis.call('HINCRBY', m, 'ver', 1)\n"
+                                           "return {'ok'}\n";
 
 /* QUARANTINE (message shard). ARGV: 1 qid, 2 reason, 3 token of the lease on the unsplit
  * message ('' none). The record is renamed to qenv:<qid> and kept for the admin. */
@@ -2123,7 +2148,7 @@ static uint32_t get32(const uint8_t *p)
 #define QC_REPORT_HEAD 20u
 
 /* report_encode writes a report item (format: queue_consumer_report_decode). */
-static int report_encode(const char *qid, const char *dest, int64_t at_ms,
+static int report_encode(const char *qid, const char *dest, int64_t at_ms, uint16_t flags,
                          const struct queue_consumer_report_rcpt *rc, size_t n,
                          const uint8_t *record, size_t record_len, uint8_t **out, size_t *out_len)
 {
@@ -2142,7 +2167,7 @@ static int report_encode(const char *qid, const char *dest, int64_t at_ms,
     p = b;
     memcpy(p, QUEUE_CONSUMER_REPORT_MAGIC, 4);
     put16(p + 4, QUEUE_CONSUMER_REPORT_VERSION);
-    put16(p + 6, 0);
+    put16(p + 6, flags);
     put32(p + 8, (uint32_t)total);
     put32(p + 12, (uint32_t)((uint64_t)at_ms >> 32));
     put32(p + 16, (uint32_t)at_ms);
@@ -2195,12 +2220,25 @@ int queue_consumer_report_decode(struct queue_consumer_report *out, const uint8_
     memset(out, 0, sizeof(*out));
     if (buf == NULL || len < QC_REPORT_HEAD + 4 + 4 + 4 + 4 ||
         memcmp(buf, QUEUE_CONSUMER_REPORT_MAGIC, 4) != 0 ||
-        get16(buf + 4) != QUEUE_CONSUMER_REPORT_VERSION || get16(buf + 6) != 0 ||
-        get32(buf + 8) != len || queue_crc32c(0, buf, len - 4) != get32(buf + len - 4))
+        get16(buf + 4) != QUEUE_CONSUMER_REPORT_VERSION ||
+        (get16(buf + 6) & ~QUEUE_CONSUMER_REPORT_F_HEADERS) != 0)
+        return -EBADMSG;
+    size_t total = get32(buf + 8);
+    if (total < QC_REPORT_HEAD + 4 + 4 + 4 + 4 || total > len)
+        return -EBADMSG;
+    if (total < len) {
+        /* the message start the queue attached: "HDRS", u32 m, m octets */
+        size_t m = len - total;
+        if (!(get16(buf + 6) & QUEUE_CONSUMER_REPORT_F_HEADERS) || m < 8 ||
+            memcmp(buf + total, "HDRS", 4) != 0 || get32(buf + total + 4) != m - 8 ||
+            m - 8 > QUEUE_CONSUMER_REPORT_HEADERS_MAX)
+            return -EBADMSG;
+    }
+    if (queue_crc32c(0, buf, total - 4) != get32(buf + total - 4))
         return -EBADMSG;
     out->at_ms = (int64_t)((uint64_t)get32(buf + 12) << 32 | get32(buf + 16));
     p = buf + QC_REPORT_HEAD;
-    end = buf + len - 4;
+    end = buf + total - 4;
     if (!rd_str(&p, end, out->qid, CMTP_QID_MAX) || out->qid[0] == '\0' ||
         !rd_str(&p, end, out->dest, CMTP_DOMAIN_MAX) || end - p < 4)
         goto err;
@@ -2248,6 +2286,15 @@ int queue_consumer_report_decode(struct queue_consumer_report *out, const uint8_
     for (size_t i = 0; i < out->n_rcpts; i++)
         if (out->rcpts[i].rcpt >= out->record->n_rcpts)
             goto err;
+    if (total + 8 < len) {
+        out->headers_len = len - total - 8;
+        out->headers = malloc(out->headers_len);
+        if (out->headers == NULL) {
+            rc = -ENOMEM;
+            goto err;
+        }
+        memcpy(out->headers, buf + total + 8, out->headers_len);
+    }
     return 0;
 err:
     queue_consumer_report_cleanup(out);
@@ -2263,6 +2310,7 @@ void queue_consumer_report_cleanup(struct queue_consumer_report *r)
         free(r->record);
     }
     free(r->rcpts);
+    free(r->headers);
     memset(r, 0, sizeof(*r));
 }
 
@@ -2452,6 +2500,7 @@ static int done_apply(struct qc_done *d)
     uint8_t *rbuf = NULL, *report = NULL;
     size_t rlen = 0, replen = 0;
     unsigned delivered = 0, failed = 0, expired = 0, pending = 0;
+    bool hdrs = false; /* attach the message start to the report item (for a DSN) */
     int rc = -ENOMEM;
 
     if (omap == NULL || saved == NULL)
@@ -2546,15 +2595,21 @@ static int done_apply(struct qc_done *d)
     if (rc < 0)
         goto restore;
     if (nrep > 0) {
-        rc = report_encode(l->qid, l->dest, wall_ms(), rep, nrep, rbuf, rlen, &report, &replen);
+        hdrs = queue_record_wants_dsn(rec);
+        rc = report_encode(l->qid, l->dest, wall_ms(), hdrs ? QUEUE_CONSUMER_REPORT_F_HEADERS : 0,
+                           rep, nrep, rbuf, rlen, &report, &replen);
         if (rc < 0)
             goto restore;
     }
-    const char *args[5] = {l->qid, l->ver, d->all_final ? "" : (const char *)rbuf,
-                           report ? (const char *)report : "", d->all_final ? "1" : "0"};
-    size_t lens[5] = {strlen(l->qid), strlen(l->ver), d->all_final ? 0 : rlen, report ? replen : 0,
-                      1};
-    rc = qc_eval(c, QS_UPDATE, l->shard_msg, 5, args, lens, on_update, d, 0);
+    const char *args[6] = {l->qid,
+                           l->ver,
+                           d->all_final ? "" : (const char *)rbuf,
+                           report ? (const char *)report : "",
+                           d->all_final ? "1" : "0",
+                           hdrs ? "1" : "0"};
+    size_t lens[6] = {
+        strlen(l->qid), strlen(l->ver), d->all_final ? 0 : rlen, report ? replen : 0, 1, 1};
+    rc = qc_eval(c, QS_UPDATE, l->shard_msg, 6, args, lens, on_update, d, 0);
     if (rc < 0)
         goto restore;
     memset(&d->res, 0, sizeof(d->res));

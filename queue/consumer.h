@@ -43,6 +43,12 @@
 #define QUEUE_CONSUMER_REPORT_MAGIC "CMTR"
 /* QUEUE_CONSUMER_REPORT_VERSION is the only report item version written and read. */
 #define QUEUE_CONSUMER_REPORT_VERSION 1
+/* QUEUE_CONSUMER_REPORT_F_HEADERS is the report item flag asking the queue to attach the start of
+ * the message (its header section, for an RFC 3464 DSN) when it stores the item. */
+#define QUEUE_CONSUMER_REPORT_F_HEADERS 1u
+/* QUEUE_CONSUMER_REPORT_HEADERS_MAX is the most octets of the message start attached to a report
+ * item (the same bound as CMTP_DSN_HEADERS_MAX). */
+#define QUEUE_CONSUMER_REPORT_HEADERS_MAX 16384
 
 /* queue_consumer_event_kind names the log-worthy things the consumer reports through the event
  * callback of its configuration. */
@@ -299,12 +305,18 @@ struct queue_consumer_report {
     struct queue_consumer_report_rcpt *rcpts;
     size_t n_rcpts;
     struct queue_record *record;
+    uint8_t *headers; /* the first octets of the message (header section first), or NULL */
+    size_t headers_len;
 };
 
 /* queue_consumer_report_decode validates and decodes the report item |buf| of |len| octets into
- * |out| (overwritten). Format, big-endian: "CMTR", u16 version 1, u16 flags 0, u32 total length,
- * i64 at_ms, u16+qid, u16+dest, u32 n, n x (u32 rcpt, u8 status, u16+reason), u32 record length,
- * the record, u32 CRC32C of everything before. Returns 0 (then call
+ * |out| (overwritten). Format, big-endian: "CMTR", u16 version 1, u16 flags, u32 length L of the
+ * checksummed part, i64 at_ms, u16+qid, u16+dest, u32 n, n x (u32 rcpt, u8 status, u16+reason),
+ * u32 record length, the record, u32 CRC32C of everything before; then, only with flag
+ * QUEUE_CONSUMER_REPORT_F_HEADERS (the one flag defined) and only when the message body still
+ * existed when the item was stored, "HDRS", u32 m, and the message's first m octets (m <=
+ * QUEUE_CONSUMER_REPORT_HEADERS_MAX; outside the checksum: they are only ever copied into a DSN,
+ * which sanitizes them). Returns 0 (then call
  * queue_consumer_report_cleanup), -EBADMSG (malformed, bad checksum, or its record does not
  * decode), or -ENOMEM; on failure |out| holds nothing to free. */
 int queue_consumer_report_decode(struct queue_consumer_report *out, const uint8_t *buf, size_t len);

@@ -627,6 +627,11 @@ enum queue_record_err queue_record_decode(struct queue_record *rec, const uint8_
     return QUEUE_RECORD_OK;
 }
 
+bool queue_record_wants_dsn(const struct queue_record *rec)
+{
+    return strncmp(rec->meta.listener, "smtp", 4) == 0;
+}
+
 void queue_record_cleanup(struct queue_record *rec)
 {
     if (rec == NULL)

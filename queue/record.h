@@ -133,6 +133,11 @@ void queue_record_in_from(struct queue_record_in *in, const struct queue_record 
  * begins (so that the envelope need not be kept), its created time is the accept time. */
 int queue_record_set_created(uint8_t *buf, size_t len, int64_t created_ms);
 
+/* queue_record_wants_dsn says whether failures of |rec| are reported to its originator as an RFC
+ * 3464 DSN (it came in over an SMTP listener: meta.listener starts with "smtp") rather than as
+ * CMTP status reports. */
+bool queue_record_wants_dsn(const struct queue_record *rec);
+
 /* queue_record_strerror returns a stable lower-case keyword for |err| (e.g. "bad-checksum"). */
 const char *queue_record_strerror(enum queue_record_err err);
 

@@ -189,6 +189,8 @@ check "dsn: per-recipient fields (failed, 5.x.x, the remote reply)" \
   bash -c 'grep -qi "^Final-Recipient: rfc822; *nobody@c.test" "$1" && grep -qi "^Action: failed" "$1" && grep -qi "^Status: 5\." "$1" && grep -qi "^Diagnostic-Code: smtp; *550" "$1"' _ "$d"
 check "dsn: Arrival-Date and Reporting-MTA" bash -c 'grep -q "^Reporting-MTA: dns; mx.a.test" "$1" && grep -q "^Arrival-Date: " "$1"' _ "$d"
 check "dsn: the bounce is logged" grep -q 'event=bounced.*rcpt=nobody@c.test' "$T/a.log"
+check "dsn: the original header section comes along (text/rfc822-headers)" \
+  bash -c 'grep -qi "^Content-Type: text/rfc822-headers" "$1" && grep -q "^Subject: will bounce" "$1"' _ "$d"
 
 # ---------------------------------------------------------------------------------------------
 # 6. A destination that never answers (x.test's next hop is a closed port, FALLBACK=none):

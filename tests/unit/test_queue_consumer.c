@@ -593,6 +593,95 @@ static int take_report(struct queue_consumer *c, struct take_res *t)
     return t->err;
 }
 
+/* fail_one sends |m| (through |q|), fails its one recipient permanently and returns the decoded
+ * report item (|t| keeps the raw item). */
+static void fail_one(struct queue_consumer *c, struct queue *q, struct qmsg *m, struct take_res *t,
+                     struct queue_consumer_report *rep)
+{
+    struct qcommit cm;
+    struct claim_res cr;
+    char qid[CMTP_QID_MAX + 1];
+    qfix_send(&fx, q, m, 1024, &cm, qid, sizeof(qid));
+    assert_int_equal(cm.r.status, QUEUE_COMMIT_ACCEPTED);
+    assert_int_equal(claim(c, 4, &cr), 1);
+    size_t n;
+    const size_t *idx = queue_consumer_lease_rcpts(cr.l[0], &n);
+    assert_int_equal(n, 1);
+    struct queue_consumer_outcome o = {idx[0], QUEUE_CONSUMER_PERMFAIL, "550 5.1.1 no"};
+    struct queue_consumer_done_result d = done_with(cr.l[0], &o, 1);
+    assert_true(d.removed && d.report_queued);
+    assert_int_equal(take_report(c, t), 0);
+    assert_int_equal(queue_consumer_report_decode(rep, t->data, t->len), 0);
+    assert_string_equal(rep->qid, qid);
+}
+
+/* Mail that came in over SMTP gets a DSN: its report item carries the message's first octets
+ * (at most QUEUE_CONSUMER_REPORT_HEADERS_MAX, across body chunks), attached by the queue; a
+ * CMTP message's item carries none. A damaged attachment makes the item not decode. */
+static void test_report_headers(void **state)
+{
+    (void)state;
+    struct queue_consumer_config cfg;
+    struct queue_config qc;
+    const char *dom[] = {"dest.example", NULL};
+    struct take_res t;
+    struct queue_consumer_report rep;
+
+    qfix_config(&fx, &qc);
+    qc.chunk_size = 4096; /* the header section spans chunks */
+    struct queue *q = qfix_open(&fx, &qc);
+    ccfg(&cfg, "nodeA");
+    struct queue_consumer *c = copen(&cfg);
+
+    struct qmsg *m = msg_to(40000, dom);
+    snprintf(m->meta.listener, sizeof(m->meta.listener), "smtp");
+    fail_one(c, q, m, &t, &rep);
+    assert_int_equal(rep.headers_len, QUEUE_CONSUMER_REPORT_HEADERS_MAX);
+    assert_memory_equal(rep.headers, m->body, QUEUE_CONSUMER_REPORT_HEADERS_MAX);
+    queue_consumer_report_cleanup(&rep);
+    /* the attachment is checked: its length must match, and the flag must be set */
+    size_t tail = t.len - QUEUE_CONSUMER_REPORT_HEADERS_MAX - 8;
+    assert_memory_equal(t.data + tail, "HDRS", 4);
+    assert_int_equal(queue_consumer_report_decode(&rep, t.data, t.len - 1), -EBADMSG);
+    t.data[tail + 7] ^= 1;
+    assert_int_equal(queue_consumer_report_decode(&rep, t.data, t.len), -EBADMSG);
+    t.data[tail + 7] ^= 1;
+    t.data[7] = 0;
+    assert_int_equal(queue_consumer_report_decode(&rep, t.data, t.len), -EBADMSG);
+    t.data[7] = 2; /* an unknown flag */
+    assert_int_equal(queue_consumer_report_decode(&rep, t.data, tail), -EBADMSG);
+    t.data[7] = 1;
+    /* without the attachment (the body was already gone) the item still decodes */
+    assert_int_equal(queue_consumer_report_decode(&rep, t.data, tail), 0);
+    assert_null(rep.headers);
+    queue_consumer_report_cleanup(&rep);
+    free(t.data);
+    qmsg_free(m);
+
+    /* a short SMTP message: all of it */
+    m = msg_to(300, dom);
+    snprintf(m->meta.listener, sizeof(m->meta.listener), "smtp-submission");
+    fail_one(c, q, m, &t, &rep);
+    assert_int_equal(rep.headers_len, 300);
+    assert_memory_equal(rep.headers, m->body, 300);
+    queue_consumer_report_cleanup(&rep);
+    free(t.data);
+    qmsg_free(m);
+
+    /* CMTP mail: nothing attached */
+    m = msg_to(3000, dom);
+    snprintf(m->meta.listener, sizeof(m->meta.listener), "cmtp");
+    fail_one(c, q, m, &t, &rep);
+    assert_null(rep.headers);
+    assert_int_equal(rep.headers_len, 0);
+    assert_int_equal(t.data[6] | t.data[7], 0); /* flags */
+    queue_consumer_report_cleanup(&rep);
+    free(t.data);
+    qmsg_free(m);
+    queue_consumer_free(c);
+    queue_free(q);
+}
+
 /* A permanent failure of one recipient is final for it alone; the report item names it. */
 static void test_permfail_per_rcpt(void **state)
 {
@@ -1831,6 +1920,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prefetch_across_claims, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_tempfail_backoff, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_permfail_per_rcpt, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_report_headers, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_mixed_rcpts, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_lifetime_expiry, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_two_consumers_exclusive, test_setup, test_teardown),
