@@ -26,36 +26,23 @@ static void cm_set_class(struct dl_job *j, enum cmtp_route_fail cls)
     }
 }
 
-/* cm_ci_has reports whether |hay| contains |needle| (lower case), ignoring case. */
-static bool cm_ci_has(const char *hay, const char *needle)
+/* cm_handshake_class classifies a failed handshake from the error codes the TLS layer recorded
+ * (tls_conn_fail_kind; never text): a certificate that does not verify may be followed by the
+ * next host but never by SMTP fallback (PROTOCOL.md 2.3); no ALPN agreed (our check, or a
+ * no_application_protocol alert) and a peer that does not speak TLS count as "no CMTP server
+ * here" (PROTOCOL.md 14); any other failure is a host failure. */
+static enum cmtp_route_fail cm_handshake_class(const struct tls_conn *t)
 {
-    size_t n = strlen(needle);
-    for (; *hay != '\0'; hay++) {
-        size_t i = 0;
-        while (i < n && hay[i] != '\0' &&
-               (hay[i] >= 'A' && hay[i] <= 'Z' ? hay[i] + 32 : hay[i]) == needle[i])
-            i++;
-        if (i == n)
-            return true;
+    switch (tls_conn_fail_kind(t)) {
+    case TLS_FAIL_NO_ALPN:
+    case TLS_FAIL_NOT_TLS:
+        return CMTP_ROUTE_FAIL_UNREACHABLE;
+    case TLS_FAIL_CERT:
+    case TLS_FAIL_ALERT:
+    case TLS_FAIL_OTHER:
+    case TLS_FAIL_NONE:
+        break;
     }
-    return false;
-}
-
-/* cm_handshake_class classifies a failed handshake from tls_conn_error_string's text (the alert
- * or the verification error; never peer bytes): a certificate that does not verify may be
- * followed by the next host but never by SMTP fallback (PROTOCOL.md 2.3); no ALPN agreed
- * (no_application_protocol) and a peer that does not speak TLS count as "no CMTP server here"
- * (PROTOCOL.md 14); any other alert is a host failure. */
-static enum cmtp_route_fail cm_handshake_class(const char *e)
-{
-    if (cm_ci_has(e, "certificate verify failed") || cm_ci_has(e, "certificate"))
-        return CMTP_ROUTE_FAIL_HOST;
-    if (cm_ci_has(e, "alpn") || cm_ci_has(e, "application protocol") ||
-        cm_ci_has(e, "application_protocol"))
-        return CMTP_ROUTE_FAIL_UNREACHABLE;
-    if (cm_ci_has(e, "wrong version number") || cm_ci_has(e, "http request") ||
-        cm_ci_has(e, "https proxy request") || cm_ci_has(e, "wrong_version_number"))
-        return CMTP_ROUTE_FAIL_UNREACHABLE;
     return CMTP_ROUTE_FAIL_HOST;
 }
 
@@ -406,7 +393,7 @@ void cmtpd_delivery_cmtp_on_data(struct dl_job *j, const uint8_t *data, size_t l
             tls_conn_error_string(j->tls, e, sizeof(e));
             /* PROTOCOL.md 2.3: a certificate that does not verify is a temporary failure. */
             cmtpd_delivery_why(why, sizeof(why), "tls %s (%s): %s", j->peer, j->tls_name, e);
-            cm_set_class(j, r == TLS_CLOSED ? CMTP_ROUTE_FAIL_HOST : cm_handshake_class(e));
+            cm_set_class(j, r == TLS_CLOSED ? CMTP_ROUTE_FAIL_HOST : cm_handshake_class(j->tls));
             atomic_fetch_add_explicit(&j->dl->w->dctr.connect_failed, 1, memory_order_relaxed);
             cm_fail(j, why);
             return;

@@ -238,6 +238,21 @@ void tls_conn_out_consume(struct tls_conn *t, size_t n);
  * not failed. The text never contains peer-controlled bytes. */
 void tls_conn_error_string(const struct tls_conn *t, char *buf, size_t len);
 
+/* tls_fail_kind is what a failed connection's first error was, for a caller that must tell "no
+ * CMTP server here" from "a server that failed". */
+enum tls_fail_kind {
+    TLS_FAIL_NONE = 0, /* the connection has not failed */
+    TLS_FAIL_CERT,     /* the peer's certificate did not verify (chain, name, validity) */
+    TLS_FAIL_NO_ALPN,  /* no ALPN protocol agreed: our check, or a no_application_protocol alert */
+    TLS_FAIL_NOT_TLS,  /* the peer does not speak TLS (a wrong version record, HTTP, plaintext) */
+    TLS_FAIL_ALERT,    /* the peer sent a fatal alert (other than no_application_protocol) */
+    TLS_FAIL_OTHER,    /* anything else (a protocol error, an internal error) */
+};
+
+/* tls_conn_fail_kind classifies why |t| failed from the error codes recorded when it failed
+ * (never from text). */
+enum tls_fail_kind tls_conn_fail_kind(const struct tls_conn *t);
+
 /* tls_conn_peer_verified reports, on a client connection whose handshake completed, whether the
  * server certificate chained to the context's trust anchors and matched the server name it was
  * created with. It is always true on an ordinary client context (the handshake fails otherwise)

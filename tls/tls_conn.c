@@ -61,6 +61,7 @@ struct tls_conn {
     bool closed;
     bool close_sent;
     bool no_alpn;
+    bool alpn_failed; /* the failure is ours: no ALPN protocol agreed (tls_conn_fail_kind) */
 };
 
 static const uint8_t tls_alpn_id[] = CMTP_ALPN;
@@ -190,6 +191,7 @@ int tls_cb_servername(SSL *ssl, int *alert, void *arg)
     (void)arg;
     if (t->no_alpn) {
         t->err_msg = "client offered no ALPN protocol (" CMTP_ALPN " is required)";
+        t->alpn_failed = true;
         *alert = SSL_AD_NO_APPLICATION_PROTOCOL;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
@@ -215,6 +217,7 @@ int tls_cb_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const ui
         pos += 1 + l;
     }
     t->err_msg = "client did not offer ALPN " CMTP_ALPN;
+    t->alpn_failed = true;
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
@@ -444,10 +447,12 @@ static enum tls_result tls_handshake_finish(struct tls_conn *t)
     if (t->ctx->no_alpn) {
         if (alpn_len != 0)
             return tls_fail_msg(t, "an ALPN protocol was selected on an SMTP STARTTLS context");
-    } else if (alpn_len != TLS_ALPN_ID_LEN || memcmp(alpn, tls_alpn_id, alpn_len) != 0)
+    } else if (alpn_len != TLS_ALPN_ID_LEN || memcmp(alpn, tls_alpn_id, alpn_len) != 0) {
+        t->alpn_failed = !t->failed;
         return tls_fail_msg(t, t->is_server ? "no ALPN protocol agreed (" CMTP_ALPN " is required)"
                                             : "server selected no ALPN protocol (" CMTP_ALPN
                                               " is required)");
+    }
     if (SSL_version(t->ssl) != TLS1_3_VERSION &&
         !(t->ctx->allow_tls12 && SSL_version(t->ssl) == TLS1_2_VERSION))
         return tls_fail_msg(t, "protocol version is not TLS 1.3");
@@ -680,6 +685,28 @@ void tls_conn_error_string(const struct tls_conn *t, char *buf, size_t len)
         snprintf(buf, len, "%s", detail);
     else
         snprintf(buf, len, "tls failure");
+}
+
+enum tls_fail_kind tls_conn_fail_kind(const struct tls_conn *t)
+{
+    int lib = ERR_GET_LIB(t->err_code), reason = ERR_GET_REASON(t->err_code);
+
+    if (!t->failed)
+        return TLS_FAIL_NONE;
+    if (t->alpn_failed)
+        return TLS_FAIL_NO_ALPN;
+    if (t->err_code == 0 || lib != ERR_LIB_SSL)
+        return TLS_FAIL_OTHER;
+    if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED)
+        return TLS_FAIL_CERT;
+    if (reason == SSL_AD_REASON_OFFSET + SSL_AD_NO_APPLICATION_PROTOCOL)
+        return TLS_FAIL_NO_ALPN;
+    if (reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_HTTP_REQUEST ||
+        reason == SSL_R_HTTPS_PROXY_REQUEST)
+        return TLS_FAIL_NOT_TLS;
+    if (reason >= SSL_AD_REASON_OFFSET)
+        return TLS_FAIL_ALERT;
+    return TLS_FAIL_OTHER;
 }
 
 bool tls_conn_peer_verified(const struct tls_conn *t, char *why, size_t whylen)

@@ -524,6 +524,7 @@ static void test_alpn_absent_refused(void **state)
     raw_client_vs_server(f, raw_client_ctx(f, NULL, 0, TLS1_3_VERSION), &w, &s, sctx);
     assert_false(tls_conn_handshake_done(s));
     assert_true(err_has(s, "no ALPN"));
+    assert_int_equal(tls_conn_fail_kind(s), TLS_FAIL_NO_ALPN);
     assert_int_equal(w.hs, -1);
     assert_int_equal(ERR_GET_REASON(w.first_err), SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL);
     assert_int_equal(tls_conn_read(s, (uint8_t[8]){0}, 8, &(size_t){0}), TLS_ERROR);
@@ -554,6 +555,7 @@ static void test_alpn_other_refused(void **state)
                          sctx);
     assert_false(tls_conn_handshake_done(s));
     assert_true(err_has(s, "did not offer ALPN cmtp/1"));
+    assert_int_equal(tls_conn_fail_kind(s), TLS_FAIL_NO_ALPN);
     assert_int_equal(ERR_GET_REASON(w.first_err), SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL);
     tls_conn_free(s);
     raw_free(&w);
@@ -628,6 +630,7 @@ static void test_client_requires_server_alpn(void **state)
     raw_pump(&w, t, &s, &r);
     assert_false(tls_conn_handshake_done(t));
     assert_true(err_has(t, "server selected no ALPN"));
+    assert_int_equal(tls_conn_fail_kind(t), TLS_FAIL_NO_ALPN);
     assert_null(tls_conn_version(t));
     sink_free(&s);
     tls_conn_free(t);
@@ -650,6 +653,8 @@ static void test_hostname_mismatch(void **state)
     assert_false(tls_conn_handshake_done(p.s));
     assert_true(err_has(p.c, "certificate verify failed: hostname mismatch"));
     assert_true(err_has(p.s, "alert received"));
+    assert_int_equal(tls_conn_fail_kind(p.c), TLS_FAIL_CERT);
+    assert_int_equal(tls_conn_fail_kind(p.s), TLS_FAIL_ALERT);
     assert_null(tls_conn_peer_identity(p.c));
     pair_free(&p);
     tls_ctx_unref(sctx);
@@ -669,6 +674,7 @@ static void test_untrusted_server(void **state)
     handshake(&p, cctx, sctx, "mx.example.org", NULL, &r, 0);
     assert_false(tls_conn_handshake_done(p.c));
     assert_true(err_has(p.c, "certificate verify failed: unable to get local issuer"));
+    assert_int_equal(tls_conn_fail_kind(p.c), TLS_FAIL_CERT);
     pair_free(&p);
 
     /* The system store does not know the test root either. */
@@ -1207,9 +1213,21 @@ static void test_garbage_input(void **state)
     tls_conn_error_string(s, e, sizeof(e));
     print_message("garbage: %s\n", e);
     assert_true(failed(s));
+    assert_int_equal(tls_conn_fail_kind(s), TLS_FAIL_NOT_TLS);
     assert_int_equal(tls_conn_feed(s, junk, 3), TLS_ERROR);
     tls_conn_free(s);
     tls_ctx_unref(sctx);
+
+    /* A client that reaches a plaintext SMTP server: "no TLS here", not a failing server. */
+    struct tls_ctx *cctx = client_ctx(f, "ca.pem", NULL);
+    struct tls_conn *c = tls_conn_new_client(cctx, "mx.example.org");
+    static const uint8_t banner[] = "220 mx.example.org ESMTP\r\n";
+    assert_int_equal(tls_conn_feed(c, NULL, 0), TLS_AGAIN);
+    assert_int_equal(tls_conn_fail_kind(c), TLS_FAIL_NONE);
+    assert_int_equal(tls_conn_feed(c, banner, sizeof(banner) - 1), TLS_ERROR);
+    assert_int_equal(tls_conn_fail_kind(c), TLS_FAIL_NOT_TLS);
+    tls_conn_free(c);
+    tls_ctx_unref(cctx);
 }
 
 /* Programmer errors on the borrowed input are refused, not silently mis-handled. */
