@@ -534,6 +534,7 @@ enum key_type {
     T_PREFIX,    /* char[cap], Redis key prefix */
     T_HOSTNAME,  /* char[cap], "" or a domain, normalized */
     T_ENDPOINT,  /* cmtp_config_endpoint + admin.metrics_enabled, "" = disabled */
+    T_NEXTHOP,   /* delivery.cmtp: host[:port] (CMTP_PORT) + delivery.cmtp_set, "" = unset */
     T_SOCKET,    /* cmtp_config_socket */
     T_LISTEN,    /* list of cmtp_config_endpoint */
     T_DOMAINS,   /* list of char[CMTP_DOMAIN_MAX + 1] */
@@ -619,6 +620,7 @@ static const struct key_def keys[] = {
     {"delivery", "maildir", T_PATH, OFF(delivery.maildir), CAP(delivery.maildir), 0, 0, 0, 1},
     {"delivery", "lmtp", T_SOCKET, OFF(delivery.lmtp), 0, 0, 0, 0, 1},
     {"delivery", "smtp", T_SOCKET, OFF(delivery.smtp), 0, 0, 0, 0, 1},
+    {"delivery", "cmtp", T_NEXTHOP, OFF(delivery.cmtp), 0, 0, 0, 0, 1},
     {"delivery", "smtp_starttls", T_STARTTLS, OFF(delivery.smtp_starttls), 0, 0, 0, 0, 0},
     {"delivery", "smtp_tls_verify", T_BOOL, OFF(delivery.smtp_tls_verify), 0, 0, 0, 0, 0},
     {"delivery", "smtp_tls_name", T_HOSTNAME, OFF(delivery.smtp_tls_name),
@@ -1024,6 +1026,17 @@ static int apply(struct cmtp_config *c, const struct key_def *k, const char *v, 
         if (parse_endpoint(field, v, len, 0, why) < 0)
             return -1;
         c->admin.metrics_enabled = true;
+        return 0;
+    case T_NEXTHOP:
+        /* Only delivery.cmtp has this type. */
+        memset(field, 0, sizeof(struct cmtp_config_relay_domain));
+        c->delivery.cmtp_set = false;
+        if (len == 0)
+            return 0;
+        if (parse_endpoint(&((struct cmtp_config_relay_domain *)field)->nexthop, v, len, CMTP_PORT,
+                           why) < 0)
+            return -1;
+        c->delivery.cmtp_set = true;
         return 0;
     case T_SOCKET:
         return parse_socket(field, v, why);
@@ -1481,6 +1494,8 @@ int cmtp_config_check(const struct cmtp_config *c, char *err, size_t errlen)
         return check_fail(err, errlen, "[delivery] mode = lmtp needs lmtp");
     if (c->delivery.mode == CMTP_DELIVERY_SMTP && c->delivery.smtp.kind == CMTP_CONFIG_SOCKET_NONE)
         return check_fail(err, errlen, "[delivery] mode = smtp needs smtp");
+    if (c->delivery.mode == CMTP_DELIVERY_CMTP && !c->delivery.cmtp_set)
+        return check_fail(err, errlen, "[delivery] mode = cmtp needs cmtp");
     /* The reference identity must be a host name: smtp_tls_name, or smtp's host when a name. */
     if (c->delivery.smtp_tls_verify && c->delivery.smtp_tls_name[0] == '\0' &&
         c->delivery.smtp.kind != CMTP_CONFIG_SOCKET_NONE &&

@@ -121,7 +121,7 @@ enum cmtp_delivery_mode {
     CMTP_DELIVERY_MAILDIR = 0, /* into the Maildir at [delivery] maildir */
     CMTP_DELIVERY_LMTP,        /* over LMTP to [delivery] lmtp */
     CMTP_DELIVERY_SMTP,        /* over SMTP to [delivery] smtp (an internal mail host) */
-    CMTP_DELIVERY_CMTP,        /* over CMTP to the recipient domain's servers (or nexthop) */
+    CMTP_DELIVERY_CMTP,        /* over CMTP to [delivery] cmtp (an internal CMTP mail store) */
 };
 
 /* cmtp_log_target is where the daemon sends log lines ([log] target). */
@@ -182,7 +182,10 @@ struct cmtp_config {
         enum cmtp_delivery_mode mode;
         char maildir[CMTP_CONFIG_PATH_MAX + 1];
         struct cmtp_config_socket lmtp;
-        struct cmtp_config_socket smtp;    /* mode smtp: the internal SMTP host */
+        struct cmtp_config_socket smtp; /* mode smtp: the internal SMTP host */
+        /* mode cmtp: the internal CMTP mail store (|domain| unused), when |cmtp_set| */
+        struct cmtp_config_relay_domain cmtp;
+        bool cmtp_set;
         enum cmtp_smtpc_tls smtp_starttls; /* none, may (default) or require */
         bool smtp_tls_verify;              /* verify the host's certificate when TLS is used */
         char smtp_tls_name[CMTP_DOMAIN_MAX + 1]; /* its reference identity; "" = the host of smtp */

@@ -33,8 +33,8 @@
  *   crashed attempt.
  * - Routing, per recipient of a lease: a relay recipient (we answered `251 relay`) goes over
  *   CMTP to its relay_domains next hop; a recipient of a local domain goes to the final
- *   transport of [delivery] mode (maildir, lmtp, or smtp to the internal host [delivery] smtp;
- *   cmtp is not supported yet: a temporary "no-route"); a recipient we answered `250 final`
+ *   transport of [delivery] mode (maildir, lmtp, smtp to the internal host [delivery] smtp, or
+ *   cmtp to the internal store [delivery] cmtp); a recipient we answered `250 final`
  *   for that is no longer local fails permanently as relay-refused (PROTOCOL.md 7.2); other
  *   mail (made here: reports, or the SMTP ingress) goes over CMTP when relay_domains has a
  *   route, else it is routed by DNS to the recipient's domain. The first deliverable route is
@@ -504,6 +504,7 @@ struct dl_route {
     enum dl_transport tr;
     const struct cmtp_config_relay_domain *rd; /* CMTP: the static route, or NULL */
     bool relay_hop;                            /* CMTP: carried on as a relay */
+    bool store_hop;                            /* CMTP: to the internal store (mode cmtp) */
     char name[CMTP_DOMAIN_MAX + 1];            /* CMTP: the name the certificate must match */
     char qname[CMTP_DOMAIN_MAX + 1];           /* CMTP: the domain routed by DNS, or "" */
     uint16_t port;                             /* CMTP by DNS: the port of |qname| itself */
@@ -571,10 +572,12 @@ static enum route_res route_rcpt(const struct dl_job *j, const struct queue_rcpt
             rt->tr = DL_TR_SMTP; /* to [delivery] smtp, the internal mail host */
             return RT_OK;
         case CMTP_DELIVERY_CMTP:
-            break;
+            /* To the internal CMTP store, as the final hop inside the domain: a static route
+             * (its host name, else the recipient's domain, is the reference identity). */
+            rt->store_hop = true;
+            return route_cmtp(rt, &cfg->delivery.cmtp, r, false, why, whylen);
         }
-        cmtpd_delivery_why(why, whylen, "no-route: [delivery] mode %s is not supported yet",
-                           cmtp_delivery_mode_name(cfg->delivery.mode));
+        cmtpd_delivery_why(why, whylen, "no-route: unknown [delivery] mode");
         return RT_TEMP;
     }
     if (r->role == CMTP_ROLE_FINAL && from_cmtp) {
@@ -603,8 +606,8 @@ static bool route_same(const struct dl_route *a, const struct dl_route *b)
         return false;
     if (a->tr != DL_TR_CMTP)
         return true;
-    return a->rd == b->rd && a->relay_hop == b->relay_hop && strcmp(a->name, b->name) == 0 &&
-           strcmp(a->qname, b->qname) == 0 && a->port == b->port;
+    return a->rd == b->rd && a->relay_hop == b->relay_hop && a->store_hop == b->store_hop &&
+           strcmp(a->name, b->name) == 0 && strcmp(a->qname, b->qname) == 0 && a->port == b->port;
 }
 
 static void endpoint_text(const struct cmtp_config_endpoint *e, char *out, size_t len)
@@ -671,6 +674,7 @@ static void route_job(struct dl_job *j)
     switch (j->tr) {
     case DL_TR_CMTP:
         j->relay_hop = first.relay_hop;
+        j->store_hop = first.store_hop;
         snprintf(j->tls_name, sizeof(j->tls_name), "%s", first.name);
         if (first.qname[0] == '\0') {
             j->sa_len = cmtpd_delivery_endpoint_sa(&first.rd->nexthop, &j->sa);

@@ -74,7 +74,9 @@ static void cm_fail(struct dl_job *j, const char *why)
 /* cm_envelope builds the envelope of this hop from the record: a TXN of its own (derived from the
  * queue id, the destination and the recipients, so a retry after a lost reply reuses it:
  * PROTOCOL.md 10.3, 10.4); as a relay, HOPS lowered by one and this server's trace record added
- * (13.2); everything else (originator, SIZE, DIGEST, RELAY, FALLBACK, REPORT) unchanged. */
+ * (13.2); handed to the internal store ([delivery] mode = cmtp: we are final for the recipients
+ * and deliver this copy ourselves), this server's record with role final, HOPS unchanged;
+ * everything else (originator, SIZE, DIGEST, RELAY, FALLBACK, REPORT) unchanged. */
 static int cm_envelope(struct dl_job *j)
 {
     const void *parts[4];
@@ -108,6 +110,10 @@ static int cm_envelope(struct dl_job *j)
         if (j->env->policy.hops > 0)
             j->env->policy.hops--;
         if (cmtpd_delivery_own_trace(j, CMTP_ROLE_RELAY, &t))
+            j->env->trace[j->env->trace_count++] = t;
+    } else if (j->store_hop) {
+        struct cmtp_trace t;
+        if (cmtpd_delivery_own_trace(j, CMTP_ROLE_FINAL, &t))
             j->env->trace[j->env->trace_count++] = t;
     }
     return 0;

@@ -135,6 +135,7 @@ struct dl_job {
     struct cmtp_addr *addr; /* transport recipient i's address (a copy, contiguous) */
     size_t n_tr;
     bool relay_hop; /* CMTP: we carry the message on as a relay (trace, HOPS - 1) */
+    bool store_hop; /* CMTP: we hand it, final here, to the internal store (trace, role final) */
     /* CMTP: the hosts tried and SMTP fallback (delivery_route.h); NULL for other transports. */
     struct dl_route_state *route;
 

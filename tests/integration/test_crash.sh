@@ -19,8 +19,8 @@ key = $T/tls/server.key
 [redis]
 address = unix:$T/r.sock
 [delivery]
-# No delivery route: acknowledged messages stay in Redis, where the oracle looks for them.
-mode = cmtp
+# An ingest-only node: acknowledged messages stay in Redis, where the oracle looks for them.
+enabled = no
 CONF
 start_cmtpd() {
   "$B/cmtpd" -c "$T/cmtpd.conf" 2>>"$T/cmtpd.log" &

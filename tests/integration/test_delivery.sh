@@ -95,7 +95,7 @@ print("ok" if got == want and hops == list(range(1, len(r) + 1)) else "got %r" %
 # The peers: m (Maildir), l (LMTP over TCP to the scripted server), v (LMTP over Dovecot's Unix
 # socket), a and b (relay).
 PM=$(free_port) PS=$(free_port) PL=$(free_port) PD=$(free_port) PV=$(free_port)
-PA=$(free_port) PB=$(free_port)
+PA=$(free_port) PB=$(free_port) PF=$(free_port)
 conf m "$PM" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' "maildir = $T/maildir-m"
 conf l "$PL" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' 'mode = lmtp' \
   "lmtp = 127.0.0.1:$PS" 'retry_base = 1s' 'retry_max = 2s'
@@ -106,13 +106,16 @@ conf b "$PB" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' "maild
 conf a "$PA" mx.a.test "$T/tlsa" "$T/tlsb/ca.crt" '[delivery]' 'local_domains = a.test' \
   "maildir = $T/maildir-a" \
   "relay_domains = b.test=127.0.0.1:$PB, c.test=127.0.0.1:$PB, d.test=127.0.0.1:$PB"
+# f: final for b.test at the edge, hands local mail over CMTP to B, the internal store.
+conf f "$PF" front.b.test "$T/tlsb" "$T/tlsb/ca.crt" '[delivery]' 'local_domains = b.test' \
+  'mode = cmtp' "cmtp = 127.0.0.1:$PB"
 mkdir -p "$T/sink"
 python3 "$TOP/tests/integration/lmtp_sink.py" "$PS" "$T/sink" 2>"$T/sink.err" &
 PIDS+=("$!")
 DOVECOT=1
 start_dovecot "$T/dovecot" "$PD" || DOVECOT=0 # it delivers as nobody: needs root (and dovecot-lmtpd)
-for n in m l v b a; do launch $n; done
-for n in m l v b a; do await $n; done
+for n in m l v b a f; do launch $n; done
+for n in m l v b a f; do await $n; done
 wait_for test -f "$T/sink/ready" || bad "lmtp sink starts"
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +236,20 @@ check "relay: the report carries no trace field (made here)" bash -c "! grep -q 
 check "relay: a certificate that does not match the next hop defers the message" \
   poll 8 grep -q 'event=deferred.*rcpt=dan@d.test.*transport=cmtp.*reply="tls .*(d.test)' "$T/a.log"
 check "relay: the deferred message stays queued at A" [ "$(envs a)" -ge 1 ]
+
+# ---------------------------------------------------------------------------------------------
+# 4b. [delivery] mode = cmtp: F is final for b.test and hands the message over CMTP to B (the
+# internal store, verified as b.test: the route is an address), which puts it into its Maildir.
+out=$("${SEND[@]}" --ca "$T/tlsb/ca.crt" -s "127.0.0.1:$PF" -n b.test -f alice@a.test \
+  -t frank@b.test "$T/m-bin")
+check "mode cmtp: F answers final for frank@b.test" grep -q '^rcpt frank@b.test final' <<<"$out"
+check "mode cmtp: the message reaches B's Maildir" poll 8 bash -c "[ \$(find '$T/maildir-b/b.test/frank' -type f -path '*/new/*' 2>/dev/null | wc -l) -eq 1 ]"
+f=$(find "$T/maildir-b/b.test/frank" -type f -path '*/new/*' 2>/dev/null | head -1)
+split_trace "$f" "$T/x-f"
+check "mode cmtp: byte-exact at B" cmp -s "$T/x-f/rest" "$T/m-bin"
+check "mode cmtp: F delivered it over CMTP" poll 5 grep -q 'event=delivered.*rcpt=frank@b.test.*transport=cmtp' "$T/f.log"
+check "mode cmtp: trace hop 1 by front.b.test, hop 2 by mx.b.test final" records_are "$T/x-f" front.b.test:final,mx.b.test:final
+check "mode cmtp: removed from F's Redis" poll 5 no_envs f
 
 # ---------------------------------------------------------------------------------------------
 # 5. kill -9 of the delivering cmtpd in the middle of an LMTP delivery (the store holds the

@@ -23,7 +23,7 @@ key = $T/tls/server.key
 [redis]
 address = unix:$T/r.sock
 [delivery]
-mode = cmtp
+enabled = no
 [admin]
 metrics_listen = 127.0.0.1:$MPORT
 CONF

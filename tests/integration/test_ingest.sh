@@ -21,9 +21,9 @@ key = $T/tls/server.key
 [redis]
 address = unix:$T/r.sock
 [delivery]
-# No delivery route: accepted messages stay in Redis for the checks (test_delivery.sh
+# An ingest-only node: accepted messages stay in Redis for the checks (test_delivery.sh
 # covers delivery).
-mode = cmtp
+enabled = no
 local_domains = b.test
 [timeouts]
 idle = 20s

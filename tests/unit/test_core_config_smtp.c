@@ -30,6 +30,34 @@ static void refused(struct cmtp_config *c, const char *text, const char *want)
         fail_msg("\"%s\": message \"%s\" lacks \"%s\"", text, err, want);
 }
 
+/* [delivery] mode = cmtp hands local mail over CMTP to [delivery] cmtp, host[:port] (4465 by
+ * default); the mode needs the key; an empty value unsets it. */
+static void test_cmtp_store_key(void **state)
+{
+    (void)state;
+    struct cmtp_config *c = malloc(sizeof(*c));
+    char err[CMTP_CONFIG_ERR_LEN];
+    assert_non_null(c);
+    cmtp_config_init(c);
+    assert_false(c->delivery.cmtp_set);
+    assert_int_equal(apply(c, "[delivery]\nmode = cmtp\ncmtp = store.internal.example\n", err), 0);
+    assert_int_equal(c->delivery.mode, CMTP_DELIVERY_CMTP);
+    assert_true(c->delivery.cmtp_set);
+    assert_int_equal(c->delivery.cmtp.nexthop.kind, CMTP_CONFIG_HOST_NAME);
+    assert_string_equal(c->delivery.cmtp.nexthop.host, "store.internal.example");
+    assert_int_equal(c->delivery.cmtp.nexthop.port, CMTP_PORT);
+    assert_int_equal(apply(c, "[delivery]\nmode = cmtp\ncmtp = 192.0.2.9:14465\n", err), 0);
+    assert_int_equal(c->delivery.cmtp.nexthop.kind, CMTP_CONFIG_HOST_IPV4);
+    assert_int_equal(c->delivery.cmtp.nexthop.port, 14465);
+    refused(c, "[delivery]\ncmtp = 192.0.2.9:0\n", "port must be 1..65535");
+    refused(c, "[delivery]\nmode = cmtp\ncmtp =\n", "mode = cmtp needs cmtp");
+    assert_int_equal(apply(c, "[delivery]\nmode = maildir\ncmtp =\n", err), 0);
+    assert_false(c->delivery.cmtp_set);
+    refused(c, "[delivery]\nmode = cmtp\n", "mode = cmtp needs cmtp");
+    cmtp_config_free(c);
+    free(c);
+}
+
 static void test_smtp_keys(void **state)
 {
     (void)state;
@@ -103,6 +131,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_smtp_keys),
+        cmocka_unit_test(test_cmtp_store_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
