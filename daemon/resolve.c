@@ -322,38 +322,26 @@ static uint64_t rs_parse(struct rs_entry *e, const unsigned char *abuf, int alen
         free(v);
         break;
     }
-    case CMTPD_RESOLVE_A: {
-        struct ares_addrttl at[CMTP_ROUTE_ADDRS_MAX];
-        int n = CMTP_ROUTE_ADDRS_MAX;
-        struct cmtp_route_addr *v = calloc(CMTP_ROUTE_ADDRS_MAX, sizeof(*v));
-        st = ares_parse_a_reply(abuf, alen, NULL, at, &n);
-        if (st == ARES_SUCCESS && v != NULL) {
-            ttl_ok = n > 0;
-            for (int i = 0; i < n && i < (int)CMTP_ROUTE_ADDRS_MAX; i++) {
-                v[i].family = 4;
-                memcpy(v[i].ip, &at[i].ipaddr, 4);
-                uint32_t t = at[i].ttl < 0 ? 0 : (uint32_t)at[i].ttl;
-                if (i == 0 || t < ttl)
-                    ttl = t;
-                e->n++;
-            }
-            e->recs = v;
-            v = NULL;
-        }
-        free(v);
-        break;
-    }
+    case CMTPD_RESOLVE_A:
     case CMTPD_RESOLVE_AAAA: {
-        struct ares_addr6ttl at[CMTP_ROUTE_ADDRS_MAX];
+        /* One parser per family, one copy for both; the answer's TTL is the lowest one. */
+        struct ares_addrttl a4[CMTP_ROUTE_ADDRS_MAX];
+        struct ares_addr6ttl a6[CMTP_ROUTE_ADDRS_MAX];
+        bool six = e->type == CMTPD_RESOLVE_AAAA;
         int n = CMTP_ROUTE_ADDRS_MAX;
         struct cmtp_route_addr *v = calloc(CMTP_ROUTE_ADDRS_MAX, sizeof(*v));
-        st = ares_parse_aaaa_reply(abuf, alen, NULL, at, &n);
+        st = six ? ares_parse_aaaa_reply(abuf, alen, NULL, a6, &n)
+                 : ares_parse_a_reply(abuf, alen, NULL, a4, &n);
         if (st == ARES_SUCCESS && v != NULL) {
             ttl_ok = n > 0;
             for (int i = 0; i < n && i < (int)CMTP_ROUTE_ADDRS_MAX; i++) {
-                v[i].family = 6;
-                memcpy(v[i].ip, &at[i].ip6addr, 16);
-                uint32_t t = at[i].ttl < 0 ? 0 : (uint32_t)at[i].ttl;
+                int raw = six ? a6[i].ttl : a4[i].ttl;
+                uint32_t t = raw < 0 ? 0 : (uint32_t)raw;
+                v[i].family = six ? 6 : 4;
+                if (six)
+                    memcpy(v[i].ip, &a6[i].ip6addr, 16);
+                else
+                    memcpy(v[i].ip, &a4[i].ipaddr, 4);
                 if (i == 0 || t < ttl)
                     ttl = t;
                 e->n++;

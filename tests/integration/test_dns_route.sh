@@ -8,7 +8,8 @@
 #   c.test  no SRV, MX mx.c.test on cmtp_port (B)        delivered
 #   d.test  SRV "." and FALLBACK=none                    permanent failure, report "failed",
 #                                                        routed by DNS to the originator's o.test
-#   e.test  SRV prio 10 refuses, prio 20 is B            delivered by the second host
+#   e.test  SRV prio 10 refuses, prio 15 (IPv6 only, ::1) refuses, prio 20 is B
+#                                                        delivered by the third host
 #   f.test  SERVFAIL                                     deferred (dns-tempfail)
 #   g.test  SRV "." and FALLBACK=smtp                    SMTP to the sink, fallback recorded
 #   h.test  SRV "." and FALLBACK=smtp-verified, the sink's certificate does not name h.test
@@ -40,8 +41,10 @@ c.test MX 10 mx.c.test
 mx.c.test A 127.0.0.2
 _cmtp._tcp.d.test SRV 0 0 0 .
 _cmtp._tcp.e.test SRV 10 0 $PX dead.e.test
+_cmtp._tcp.e.test SRV 15 0 $PX dead6.e.test
 _cmtp._tcp.e.test SRV 20 0 $PB mx.b.test
 dead.e.test A 127.0.0.3
+dead6.e.test AAAA ::1
 _cmtp._tcp.f.test SERVFAIL
 _cmtp._tcp.g.test SRV 0 0 0 .
 g.test MX 10 smtp.sink.test
@@ -150,7 +153,9 @@ check "c.test: the lookups were SRV (NXDOMAIN) then MX" \
 out=$(send -t erin@e.test)
 check "e.test: the first SRV host refuses, the next host is tried" \
   poll 10 grep -q "event=route-attempt-failed.*dest=e.test.*peer=dead.e.test\[127.0.0.3\]:$PX.*class=unreachable.*next=next-host" "$T/a.log"
-check "e.test: delivered by the second SRV host" poll 10 has_mails "$T/maildir-b/e.test/erin" 1
+check "e.test: the IPv6-only host is tried at its AAAA address" \
+  poll 10 grep -q "event=route-attempt-failed.*dest=e.test.*peer=dead6.e.test\[::1\]:$PX.*class=unreachable.*next=next-host" "$T/a.log"
+check "e.test: delivered by the third SRV host" poll 10 has_mails "$T/maildir-b/e.test/erin" 1
 check "e.test: logged delivered via mx.b.test" poll 5 grep -q "event=delivered.*rcpt=erin@e.test.*peer=mx.b.test" "$T/a.log"
 
 # ---------------------------------------------------------------------------------------------
