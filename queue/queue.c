@@ -2,7 +2,7 @@
  * body writes with backpressure, one atomic commit script, deadlines and reconnects. Not the
  * delivery consumer (it reads the keys documented in docs/QUEUE.md). */
 #include "queue/queue.h"
-#include "queue/redis_adapter.h"
+#include "queue/redis_conn.h"
 
 #include <errno.h>
 #include <hiredis/async.h>
@@ -11,8 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -164,12 +162,8 @@ struct queue_txn {
 
 struct queue {
     struct queue_loop loop;
+    struct queue_conn rc; /* the Redis connection (queue/redis_conn.c) */
     /* configuration */
-    bool is_unix;
-    char host[256];
-    int port;
-    char *username;
-    char *password;
     char prefix[QUEUE_PREFIX_MAX + 1];
     char node[QUEUE_NODE_MAX + 1];
     unsigned shards;
@@ -178,20 +172,10 @@ struct queue {
     unsigned inflight_max;
     size_t chunk_size;
     uint32_t op_timeout_ms;
-    uint32_t reconnect_min_ms, reconnect_max_ms;
     uint32_t dedup_ttl_ms;
     uint32_t body_ttl_ms;
     /* connection */
-    redisAsyncContext *ac;
-    enum queue_conn_state state;
-    char last_error[QUEUE_REASON_MAX];
-    char sha[41];
-    uint64_t connect_deadline_ms;
-    void *deadline_timer;
-    uint64_t deadline_at;
-    bool force_reset;
-    void *reconnect_timer;
-    uint32_t backoff_ms;
+    char sha[41]; /* of the commit script, loaded at each connect */
     /* work */
     struct op *ops_head, *ops_tail;
     unsigned inflight;
@@ -203,7 +187,6 @@ struct queue {
      * by stats_timer, at most QUEUE_STATS_FLUSH_MS after the first of them. */
     uint64_t *pend_acc, *pend_bytes; /* shards entries each */
     void *stats_timer;
-    bool freeing;
 };
 
 static void txn_kick(struct queue_txn *t);
@@ -231,8 +214,7 @@ static uint64_t loop_now(const struct queue *q)
 
 static void set_error(struct queue *q, const char *what, const char *detail)
 {
-    snprintf(q->last_error, sizeof(q->last_error), "%s%s%s", what, detail ? ": " : "",
-             detail ? detail : "");
+    queue_conn_set_error(&q->rc, what, detail);
 }
 
 /* splitmix64: a per-queue generator for the random part of qids (seeded from getrandom). */
@@ -315,24 +297,6 @@ static void make_qid(struct queue *q, unsigned shard, char *out, size_t cap)
 /* ---- operations and deadlines ---- */
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
-static void on_deadline(void *arg);
-
-static void arm_deadline_at(struct queue *q, uint64_t at)
-{
-    uint64_t now = loop_now(q);
-
-    if (q->freeing)
-        return;
-    if (q->deadline_timer != NULL) {
-        if (q->deadline_at <= at)
-            return;
-        q->loop.ops->timer_cancel(q->loop.loop, q->deadline_timer);
-        q->deadline_timer = NULL;
-    }
-    q->deadline_at = at;
-    q->deadline_timer =
-        q->loop.ops->timer_add(q->loop.loop, at > now ? at - now : 0, on_deadline, q);
-}
 
 static struct op *op_new(struct queue *q, enum op_kind kind, struct queue_txn *t)
 {
@@ -364,13 +328,13 @@ static void op_unlink(struct queue *q, struct op *op)
 static int q_send(struct queue *q, struct op *op, int argc, const char **argv, const size_t *lens,
                   uint32_t timeout_ms)
 {
-    if (q->ac == NULL) {
+    if (q->rc.ac == NULL) {
         free(op);
         return -ENOTCONN;
     }
     op->sent_us = mono_us();
     op->deadline_ms = loop_now(q) + timeout_ms;
-    if (redisAsyncCommandArgv(q->ac, on_reply, op, argc, argv, lens) != REDIS_OK) {
+    if (redisAsyncCommandArgv(q->rc.ac, on_reply, op, argc, argv, lens) != REDIS_OK) {
         free(op);
         return -EIO;
     }
@@ -384,13 +348,13 @@ static int q_send(struct queue *q, struct op *op, int argc, const char **argv, c
         op->txn->ops_live++;
     q->inflight++;
     q->st.cmds_sent++;
-    arm_deadline_at(q, op->deadline_ms);
+    queue_conn_arm_deadline(&q->rc, op->deadline_ms);
     return 0;
 }
 
 static bool q_room(const struct queue *q, unsigned n)
 {
-    return q->state == QUEUE_CONNECTED && q->inflight + n <= q->inflight_max;
+    return q->rc.state == QUEUE_CONNECTED && q->inflight + n <= q->inflight_max;
 }
 
 /* ---- batched counters ---- */
@@ -399,7 +363,7 @@ static void on_stats_timer(void *arg);
 
 static void stats_arm(struct queue *q)
 {
-    if (q->stats_timer == NULL && !q->freeing)
+    if (q->stats_timer == NULL && !q->rc.freeing)
         q->stats_timer =
             q->loop.ops->timer_add(q->loop.loop, QUEUE_STATS_FLUSH_MS, on_stats_timer, q);
 }
@@ -444,7 +408,7 @@ static void on_stats_timer(void *arg)
         uint64_t a = q->pend_acc[s], b = q->pend_bytes[s];
         if (a == 0 && b == 0)
             continue;
-        if (q->state != QUEUE_CONNECTED) {
+        if (q->rc.state != QUEUE_CONNECTED) {
             left = true;
             continue;
         }
@@ -460,27 +424,6 @@ static void on_stats_timer(void *arg)
 
 /* ---- connection lifecycle ---- */
 
-static void conn_start(struct queue *q);
-
-static void on_reconnect_timer(void *arg)
-{
-    struct queue *q = arg;
-    q->reconnect_timer = NULL;
-    conn_start(q);
-}
-
-static void schedule_reconnect(struct queue *q)
-{
-    uint32_t b = q->backoff_ms;
-    uint32_t delay;
-
-    if (q->freeing || q->reconnect_timer != NULL || q->ac != NULL)
-        return;
-    delay = b / 2 + (uint32_t)(rng_next(q) % (b / 2 + 1)); /* jitter: [b/2, b] */
-    q->backoff_ms = b >= q->reconnect_max_ms / 2 ? q->reconnect_max_ms : b * 2;
-    q->reconnect_timer = q->loop.ops->timer_add(q->loop.loop, delay, on_reconnect_timer, q);
-}
-
 /* wake_waiters lets transactions waiting for inflight room go on, in FIFO order; each waiter is
  * looked at once per call (one needing more room than there is goes back to the tail). */
 static void wake_waiters(struct queue *q)
@@ -489,7 +432,7 @@ static void wake_waiters(struct queue *q)
     for (struct queue_txn *t = q->wait_head; t; t = t->wnext)
         n++;
     while (n-- > 0 && q->wait_head != NULL) {
-        if (q->state == QUEUE_CONNECTED && q->inflight >= q->inflight_max)
+        if (q->rc.state == QUEUE_CONNECTED && q->inflight >= q->inflight_max)
             return;
         struct queue_txn *t = q->wait_head;
         q->wait_head = t->wnext;
@@ -503,105 +446,37 @@ static void wake_waiters(struct queue *q)
     }
 }
 
-/* conn_lost runs once per lost connection (q->ac already NULL): schedule a reconnect and fail the
- * transactions that were waiting to send. */
-static void conn_lost(struct queue *q)
+/* q_down (queue_conn_ops): the connection is gone; the commit script is loaded again at the
+ * next connect, and transactions waiting for inflight room fail or go on. */
+static void q_down(void *owner)
 {
-    q->state = QUEUE_DOWN;
-    q->connect_deadline_ms = 0;
+    struct queue *q = owner;
     q->sha[0] = '\0';
-    q->st.disconnects++;
-    schedule_reconnect(q);
     wake_waiters(q);
 }
 
-/* conn_reset drops the connection now: every outstanding command gets no reply (its caller a
- * temporary failure), so that a late reply can never be taken for a later command's. Must not
- * run inside hiredis's connect or disconnect callbacks (use conn_reset_soon there). */
-static void conn_reset(struct queue *q)
+/* q_deadline (queue_conn_ops): the earliest deadline of an outstanding command. */
+static uint64_t q_deadline(void *owner)
 {
-    redisAsyncContext *ac = q->ac;
-    if (ac == NULL)
-        return;
-    q->ac = NULL;
-    q->state = QUEUE_DOWN;
-    ac->data = NULL;
-    redisAsyncFree(ac);
-    conn_lost(q);
-}
-
-static void conn_reset_soon(struct queue *q, const char *what, const char *detail)
-{
-    set_error(q, what, detail);
-    q->state = QUEUE_DOWN;
-    q->force_reset = true;
-    arm_deadline_at(q, 0);
-}
-
-static void on_deadline(void *arg)
-{
-    struct queue *q = arg;
-    uint64_t now = loop_now(q);
+    const struct queue *q = owner;
     uint64_t min = UINT64_MAX;
-
-    q->deadline_timer = NULL;
-    if (q->force_reset) {
-        q->force_reset = false;
-        conn_reset(q);
-        return;
-    }
-    if (q->ac == NULL)
-        return;
-    if (q->connect_deadline_ms != 0 && q->connect_deadline_ms <= now) {
-        q->st.timeouts++;
-        set_error(q, "redis connect timed out", NULL);
-        conn_reset(q);
-        return;
-    }
-    for (struct op *op = q->ops_head; op; op = op->next)
+    for (const struct op *op = q->ops_head; op; op = op->next)
         if (op->deadline_ms < min)
             min = op->deadline_ms;
-    if (min <= now) {
-        q->st.timeouts++;
-        set_error(q, "redis command timed out", NULL);
-        conn_reset(q);
-        return;
-    }
-    if (q->connect_deadline_ms != 0 && q->connect_deadline_ms < min)
-        min = q->connect_deadline_ms;
-    if (min != UINT64_MAX)
-        arm_deadline_at(q, min);
+    return min;
 }
 
-static void on_connect(const redisAsyncContext *cac, int status)
+/* q_up (queue_conn_ops): connected; AUTH when configured, then SCRIPT LOAD of the commit
+ * script (its reply makes the queue ready). */
+static void q_up(void *owner)
 {
-    struct queue *q = cac->data;
+    struct queue *q = owner;
     const char *argv[3];
     size_t lens[3];
     struct op *op;
-    int argc = 0;
+    int argc = queue_conn_auth_argv(&q->rc, argv, lens);
 
-    if (q == NULL || q->ac != cac)
-        return;
-    if (status != REDIS_OK) {
-        /* hiredis frees the context after this callback. */
-        set_error(q, "redis connect failed", cac->errstr);
-        q->ac = NULL;
-        conn_lost(q);
-        return;
-    }
-    q->connect_deadline_ms = 0;
-    if (q->password != NULL) {
-        argv[argc] = "AUTH";
-        lens[argc++] = 4;
-        if (q->username != NULL) {
-            argv[argc] = q->username;
-            lens[argc] = strlen(q->username);
-            argc++;
-        }
-        argv[argc] = q->password;
-        lens[argc] = strlen(q->password);
-        argc++;
+    if (argc > 0) {
         op = op_new(q, OP_AUTH, NULL);
         if (op == NULL || q_send(q, op, argc, argv, lens, q->op_timeout_ms) < 0)
             goto err;
@@ -617,53 +492,11 @@ static void on_connect(const redisAsyncContext *cac, int status)
         goto err;
     return;
 err:
-    conn_reset_soon(q, "redis handshake failed", "out of memory");
+    queue_conn_reset_soon(&q->rc, "redis handshake failed", "out of memory");
 }
 
-static void on_disconnect(const redisAsyncContext *cac, int status)
-{
-    struct queue *q = cac->data;
-    (void)status;
-    if (q == NULL || q->ac != cac)
-        return;
-    set_error(q, "redis connection lost", cac->err ? cac->errstr : NULL);
-    q->ac = NULL;
-    conn_lost(q);
-}
-
-static void conn_start(struct queue *q)
-{
-    redisAsyncContext *ac;
-
-    if (q->freeing || q->ac != NULL)
-        return;
-    ac = q->is_unix ? redisAsyncConnectUnix(q->host) : redisAsyncConnect(q->host, q->port);
-    if (ac == NULL) {
-        set_error(q, "redis connect failed", "out of memory");
-        goto retry;
-    }
-    if (ac->err) {
-        set_error(q, "redis connect failed", ac->errstr);
-        redisAsyncFree(ac);
-        goto retry;
-    }
-    if (queue_redis_attach(ac, &q->loop) < 0) {
-        set_error(q, "redis connect failed", "cannot watch the socket");
-        redisAsyncFree(ac);
-        goto retry;
-    }
-    ac->data = q;
-    q->ac = ac;
-    q->state = QUEUE_CONNECTING;
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    redisAsyncSetConnectCallback(ac, on_connect); /* arms the first write event */
-    q->connect_deadline_ms = loop_now(q) + q->op_timeout_ms;
-    arm_deadline_at(q, q->connect_deadline_ms);
-    return;
-retry:
-    q->state = QUEUE_DOWN;
-    schedule_reconnect(q);
-}
+static const struct queue_conn_ops q_conn_ops = {.up = q_up, .down = q_down,
+                                                 .deadline = q_deadline};
 
 /* ---- transactions ---- */
 
@@ -951,8 +784,8 @@ static int txn_pump(struct queue_txn *t)
     if (t->failed)
         return -EIO;
     while (t->ready_head != NULL && t->chunks_outstanding < QUEUE_TXN_CHUNKS_INFLIGHT) {
-        if (q->state != QUEUE_CONNECTED) {
-            txn_fail(t, q->last_error[0] ? q->last_error : "redis not connected");
+        if (q->rc.state != QUEUE_CONNECTED) {
+            txn_fail(t, q->rc.last_error[0] ? q->rc.last_error : "redis not connected");
             return -ENOTCONN;
         }
         if (!q_room(q, t->chunks_sent == 0 ? 2 : 1)) {
@@ -972,8 +805,8 @@ static int txn_pump(struct queue_txn *t)
         chunk_free(c);
     }
     if (t->state == TXN_COMMITTING && t->ready_head == NULL) {
-        if (q->state != QUEUE_CONNECTED) {
-            txn_fail(t, q->last_error[0] ? q->last_error : "redis not connected");
+        if (q->rc.state != QUEUE_CONNECTED) {
+            txn_fail(t, q->rc.last_error[0] ? q->rc.last_error : "redis not connected");
             return -ENOTCONN;
         }
         if (!q_room(q, q->wait_replicas > 0 ? 2 : 1)) {
@@ -1028,9 +861,8 @@ static struct queue_txn *txn_begin(struct queue *q, const struct cmtp_envelope *
         errno = EINVAL;
         return NULL;
     }
-    if (q->state != QUEUE_CONNECTED) {
-        if (q->ac == NULL && q->reconnect_timer == NULL)
-            schedule_reconnect(q);
+    if (q->rc.state != QUEUE_CONNECTED) {
+        queue_conn_kick(&q->rc);
         errno = ENOTCONN;
         return NULL;
     }
@@ -1208,7 +1040,7 @@ int queue_txn_commit(struct queue_txn *t, const uint8_t digest[CMTP_DIGEST_LEN],
         return -EIO;
     if (memcmp(digest, t->digest, CMTP_DIGEST_LEN) != 0 || t->bytes_appended != t->size)
         return -EINVAL;
-    if (q->state != QUEUE_CONNECTED)
+    if (q->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     /* The record is encoded at begin; its created time is the commit time. */
     queue_record_set_created(t->record, t->record_len, wall_ms());
@@ -1274,7 +1106,7 @@ void queue_txn_abort(struct queue_txn *t)
         t->writable_cb = NULL;
         return;
     }
-    if (t->chunks_sent > 0 && q->state == QUEUE_CONNECTED) {
+    if (t->chunks_sent > 0 && q->rc.state == QUEUE_CONNECTED) {
         /* Pipelined after the chunk writes, so it runs after them. Best effort: the chunks
          * expire anyway (body_ttl_ms). */
         int kl =
@@ -1340,7 +1172,7 @@ static void on_commit_reply(struct queue_txn *t, const struct op *op, const redi
         snprintf(r->reason, sizeof(r->reason), "%s", lost);
     } else if (reply->type == REDIS_REPLY_ERROR) {
         if (!t->used_eval && strncmp(reply->str, "NOSCRIPT", 8) == 0 && t->state == TXN_SENT &&
-            !t->failed && t->q->state == QUEUE_CONNECTED) {
+            !t->failed && t->q->rc.state == QUEUE_CONNECTED) {
             /* Script cache flushed (restart, failover): send the source once; EVAL caches it. */
             t->result_set = false;
             if (send_commit(t, true) == 0)
@@ -1409,7 +1241,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
     op_unlink(q, op);
     if (t != NULL)
         t->ops_live--;
-    if (q->freeing) {
+    if (q->rc.freeing) {
         free(op);
         return;
     }
@@ -1418,9 +1250,9 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
         if (ac->err)
             set_error(q, "redis connection lost", ac->errstr);
         snprintf(lost, sizeof(lost), "%s",
-                 q->last_error[0] ? q->last_error : "redis connection lost");
-        if (q->ac == ac)
-            q->state = QUEUE_DOWN; /* the context is going away: fail fast from now on */
+                 q->rc.last_error[0] ? q->rc.last_error : "redis connection lost");
+        if (q->rc.ac == ac)
+            q->rc.state = QUEUE_DOWN; /* the context is going away: fail fast from now on */
     } else {
         uint64_t us = mono_us() - op->sent_us;
         q->st.replies++;
@@ -1436,20 +1268,17 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
     switch (op->kind) {
     case OP_AUTH:
         if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
-            conn_reset_soon(q, "redis AUTH refused", text);
+            queue_conn_reset_soon(&q->rc, "redis AUTH refused", text);
         break;
     case OP_SCRIPT_LOAD:
-        if (reply == NULL || q->ac != ac || q->state != QUEUE_CONNECTING)
+        if (reply == NULL || q->rc.ac != ac || q->rc.state != QUEUE_CONNECTING)
             break; /* connection gone or a reset already pending */
         if (reply->type == REDIS_REPLY_STRING && reply->len == 40) {
             memcpy(q->sha, reply->str, 40);
             q->sha[40] = '\0';
-            q->state = QUEUE_CONNECTED;
-            q->last_error[0] = '\0';
-            q->backoff_ms = q->reconnect_min_ms;
-            q->st.connects++;
+            queue_conn_ready(&q->rc);
         } else {
-            conn_reset_soon(q, "redis SCRIPT LOAD failed",
+            queue_conn_reset_soon(&q->rc, "redis SCRIPT LOAD failed",
                             reply->type == REDIS_REPLY_ERROR ? text : "unexpected reply");
         }
         break;
@@ -1495,7 +1324,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
         break;
     }
     free(op);
-    if (q->state == QUEUE_CONNECTED)
+    if (q->rc.state == QUEUE_CONNECTED)
         wake_waiters(q);
 }
 
@@ -1514,7 +1343,7 @@ static int q_read(struct queue *q, const char *qid, const char *kind, bool linde
 
     if (q == NULL || cb == NULL || queue_qid_shard(qid, &shard) < 0 || shard >= q->shards)
         return -EINVAL;
-    if (q->state != QUEUE_CONNECTED)
+    if (q->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (!q_room(q, 1))
         return -EAGAIN;
@@ -1549,64 +1378,6 @@ int queue_get_body_chunk(struct queue *q, const char *qid, uint32_t index,
 }
 
 /* ---- lifecycle ---- */
-
-static int parse_address(struct queue *q, const char *addr, char *err, size_t errlen)
-{
-    const char *colon;
-    const char *host;
-    size_t hl;
-    char *end;
-    unsigned long port;
-
-    if (addr == NULL || addr[0] == '\0') {
-        snprintf(err, errlen, "redis address missing");
-        return -EINVAL;
-    }
-    if (strncmp(addr, "unix:", 5) == 0) {
-        /* sun_path holds 108 octets with the NUL. */
-        if (strlen(addr + 5) == 0 || strlen(addr + 5) >= 108) {
-            snprintf(err, errlen, "redis socket path empty or too long");
-            return -EINVAL;
-        }
-        q->is_unix = true;
-        snprintf(q->host, sizeof(q->host), "%s", addr + 5);
-        return 0;
-    }
-    colon = strrchr(addr, ':');
-    if (colon == NULL || colon == addr)
-        goto bad;
-    host = addr;
-    hl = (size_t)(colon - addr);
-    if (addr[0] == '[') {
-        if (colon[-1] != ']' || hl < 3)
-            goto bad;
-        host = addr + 1;
-        hl -= 2;
-    } else if (memchr(addr, ':', hl) != NULL) {
-        goto bad; /* bare IPv6 needs brackets */
-    }
-    if (hl >= sizeof(q->host) || hl == 0)
-        goto bad;
-    errno = 0;
-    port = strtoul(colon + 1, &end, 10);
-    if (errno || *end != '\0' || colon[1] == '\0' || port == 0 || port > 65535)
-        goto bad;
-    memcpy(q->host, host, hl);
-    q->host[hl] = '\0';
-    /* hiredis resolves names with a blocking getaddrinfo at every (re)connect, which would stall
-     * the worker: only address literals (and "localhost") are accepted. */
-    unsigned char bin[sizeof(struct in6_addr)];
-    if (strcmp(q->host, "localhost") == 0)
-        snprintf(q->host, sizeof(q->host), "127.0.0.1");
-    if (inet_pton(AF_INET, q->host, bin) != 1 && inet_pton(AF_INET6, q->host, bin) != 1)
-        goto bad;
-    q->port = (int)port;
-    q->is_unix = false;
-    return 0;
-bad:
-    snprintf(err, errlen, "bad redis address (want unix:/path, ip:port or [ipv6]:port)");
-    return -EINVAL;
-}
 
 static bool name_ok(const char *s, size_t max, bool allow_colon)
 {
@@ -1644,8 +1415,6 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
         return NULL;
     }
     q->loop = *loop;
-    if (parse_address(q, cfg->address, err, errlen) < 0)
-        goto err;
     const char *prefix = cfg->key_prefix ? cfg->key_prefix : QUEUE_PREFIX_DEFAULT;
     if (!name_ok(prefix, QUEUE_PREFIX_MAX, true)) {
         snprintf(err, errlen, "bad key prefix (1..%d of [A-Za-z0-9._:-])", QUEUE_PREFIX_MAX);
@@ -1658,16 +1427,6 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
         goto err;
     }
     snprintf(q->node, sizeof(q->node), "%s", node);
-    if (cfg->password != NULL && cfg->password[0] != '\0') {
-        q->password = strdup(cfg->password);
-        if (q->password == NULL)
-            goto nomem;
-        if (cfg->username != NULL && cfg->username[0] != '\0') {
-            q->username = strdup(cfg->username);
-            if (q->username == NULL)
-                goto nomem;
-        }
-    }
     q->shards = cfg->shards ? cfg->shards : QUEUE_SHARDS_DEFAULT;
     q->inflight_max = cfg->inflight_max ? cfg->inflight_max : QUEUE_INFLIGHT_DEFAULT;
     q->chunk_size = cfg->chunk_size ? cfg->chunk_size : QUEUE_CHUNK_SIZE_DEFAULT;
@@ -1675,15 +1434,13 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
     q->wait_timeout_ms =
         cfg->wait_timeout_ms ? cfg->wait_timeout_ms : QUEUE_WAIT_TIMEOUT_MS_DEFAULT;
     q->op_timeout_ms = cfg->op_timeout_ms ? cfg->op_timeout_ms : QUEUE_OP_TIMEOUT_MS_DEFAULT;
-    q->reconnect_min_ms =
-        cfg->reconnect_min_ms ? cfg->reconnect_min_ms : QUEUE_RECONNECT_MIN_MS_DEFAULT;
-    q->reconnect_max_ms =
-        cfg->reconnect_max_ms ? cfg->reconnect_max_ms : QUEUE_RECONNECT_MAX_MS_DEFAULT;
+    uint32_t rmin = cfg->reconnect_min_ms ? cfg->reconnect_min_ms : QUEUE_RECONNECT_MIN_MS_DEFAULT;
+    uint32_t rmax = cfg->reconnect_max_ms ? cfg->reconnect_max_ms : QUEUE_RECONNECT_MAX_MS_DEFAULT;
     q->dedup_ttl_ms = cfg->dedup_ttl_ms ? cfg->dedup_ttl_ms : QUEUE_DEDUP_TTL_MS_DEFAULT;
     q->body_ttl_ms = cfg->body_ttl_ms ? cfg->body_ttl_ms : QUEUE_BODY_TTL_MS_DEFAULT;
     if (q->shards > QUEUE_SHARDS_MAX || q->inflight_max > QUEUE_INFLIGHT_MAX ||
         q->inflight_max < 4 || q->chunk_size < QUEUE_CHUNK_SIZE_MIN ||
-        q->chunk_size > QUEUE_CHUNK_SIZE_MAX || q->reconnect_min_ms > q->reconnect_max_ms ||
+        q->chunk_size > QUEUE_CHUNK_SIZE_MAX || rmin > rmax ||
         q->wait_replicas > 64) {
         snprintf(err, errlen, "queue limits out of range");
         goto err;
@@ -1692,18 +1449,19 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
     q->pend_bytes = calloc(q->shards, sizeof(*q->pend_bytes));
     if (q->pend_acc == NULL || q->pend_bytes == NULL)
         goto nomem;
-    q->backoff_ms = q->reconnect_min_ms;
     if (getrandom(&q->rng, sizeof(q->rng), 0) != (ssize_t)sizeof(q->rng))
         q->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)q ^ mono_us() << 20;
-    conn_start(q);
+    if (queue_conn_init(&q->rc, &q->loop, &q_conn_ops, q, cfg->address, cfg->username,
+                        cfg->password, q->op_timeout_ms, rmin, rmax, rng_next(q), err,
+                        errlen) < 0)
+        goto err;
+    queue_conn_start(&q->rc);
     return q;
 nomem:
     snprintf(err, errlen, "out of memory");
 err:
     free(q->pend_acc);
     free(q->pend_bytes);
-    free(q->password);
-    free(q->username);
     free(q);
     return NULL;
 }
@@ -1712,28 +1470,12 @@ void queue_free(struct queue *q)
 {
     if (q == NULL)
         return;
-    q->freeing = true;
-    if (q->deadline_timer)
-        q->loop.ops->timer_cancel(q->loop.loop, q->deadline_timer);
-    q->deadline_timer = NULL;
-    if (q->reconnect_timer)
-        q->loop.ops->timer_cancel(q->loop.loop, q->reconnect_timer);
-    q->reconnect_timer = NULL;
     if (q->stats_timer)
         q->loop.ops->timer_cancel(q->loop.loop, q->stats_timer);
     q->stats_timer = NULL;
-    if (q->ac != NULL) {
-        redisAsyncContext *ac = q->ac;
-        q->ac = NULL;
-        ac->data = NULL;
-        redisAsyncFree(ac);
-    }
+    queue_conn_free(&q->rc); /* outstanding ops end in on_reply while freeing */
     while (q->txns)
         txn_destroy(q->txns);
-    if (q->password)
-        memset(q->password, 0, strlen(q->password));
-    free(q->password);
-    free(q->username);
     free(q->pend_acc);
     free(q->pend_bytes);
     free(q);
@@ -1742,13 +1484,16 @@ void queue_free(struct queue *q)
 enum queue_conn_state queue_state(const struct queue *q, const char **last_error)
 {
     if (last_error)
-        *last_error = q->last_error;
-    return q->state;
+        *last_error = q->rc.last_error;
+    return q->rc.state;
 }
 
 void queue_get_stats(const struct queue *q, struct queue_stats *out)
 {
     *out = q->st;
+    out->connects = q->rc.connects;
+    out->disconnects = q->rc.disconnects;
+    out->timeouts = q->rc.timeouts;
     out->inflight = q->inflight;
-    out->obuf_bytes = q->ac ? sdslen(q->ac->c.obuf) : 0;
+    out->obuf_bytes = q->rc.ac ? sdslen(q->rc.ac->c.obuf) : 0;
 }
