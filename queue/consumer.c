@@ -2,7 +2,7 @@
  * worker's loop, the claim/adopt/complete scripts, body reads, reports and admin operations.
  * Not the ingest side (queue.c) and not a transport: it never talks to a destination. */
 #include "queue/consumer.h"
-#include "queue/redis_adapter.h"
+#include "queue/redis_conn.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -11,8 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -524,17 +522,13 @@ struct qc_pre {
 
 struct queue_consumer {
     struct queue_loop loop;
+    struct queue_conn rc; /* the Redis connection (queue/redis_conn.c) */
     /* configuration */
-    bool is_unix;
-    char host[256];
-    int port;
-    char *username;
-    char *password;
     char prefix[QUEUE_PREFIX_MAX + 1];
     char node[QUEUE_NODE_MAX + 1];
     unsigned shards;
     unsigned inflight_max;
-    uint32_t op_timeout_ms, reconnect_min_ms, reconnect_max_ms;
+    uint32_t op_timeout_ms;
     uint32_t lease_ms;
     unsigned conc;
     uint64_t retry_base_ms, retry_max_ms, lifetime_ms;
@@ -543,17 +537,8 @@ struct queue_consumer {
     void (*event_cb)(void *arg, const struct queue_consumer_event *ev);
     void *event_arg;
     /* connection */
-    redisAsyncContext *ac;
-    enum queue_conn_state state;
-    char last_error[QUEUE_REASON_MAX];
-    char sha[QS_COUNT][41];
+    char sha[QS_COUNT][41]; /* of the scripts, loaded at each connect */
     unsigned shas_missing;
-    uint64_t connect_deadline_ms;
-    void *deadline_timer;
-    uint64_t deadline_at;
-    bool force_reset;
-    void *reconnect_timer;
-    uint32_t backoff_ms;
     struct qc_cmd *cmds_head, *cmds_tail;
     unsigned inflight;
     /* work */
@@ -569,7 +554,6 @@ struct queue_consumer {
     struct qc_pre *pre_head, *pre_tail; /* qc_pre entries, oldest first */
     struct qc_pre *pre_index[QC_PRE_BUCKETS];
     size_t pre_bytes;
-    bool freeing;
 };
 
 struct queue_consumer_lease {
@@ -609,8 +593,7 @@ static uint64_t loop_now(const struct queue_consumer *c)
 
 static void set_error(struct queue_consumer *c, const char *what, const char *detail)
 {
-    snprintf(c->last_error, sizeof(c->last_error), "%s%s%.90s", what, detail ? ": " : "",
-             detail ? detail : "");
+    queue_conn_set_error(&c->rc, what, detail);
 }
 
 static uint64_t rng_next(struct queue_consumer *c)
@@ -773,25 +756,6 @@ static bool split_item(const struct queue_consumer *c, const char *s, size_t len
 /* ---- commands and deadlines ---- */
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
-static void on_deadline(void *arg);
-static void conn_start(struct queue_consumer *c);
-
-static void arm_deadline_at(struct queue_consumer *c, uint64_t at)
-{
-    uint64_t now = loop_now(c);
-
-    if (c->freeing)
-        return;
-    if (c->deadline_timer != NULL) {
-        if (c->deadline_at <= at)
-            return;
-        c->loop.ops->timer_cancel(c->loop.loop, c->deadline_timer);
-        c->deadline_timer = NULL;
-    }
-    c->deadline_at = at;
-    c->deadline_timer =
-        c->loop.ops->timer_add(c->loop.loop, at > now ? at - now : 0, on_deadline, c);
-}
 
 static void cmd_link(struct queue_consumer *c, struct qc_cmd *cmd)
 {
@@ -823,14 +787,14 @@ static void cmd_unlink(struct queue_consumer *c, struct qc_cmd *cmd)
  * caller's. */
 static int cmd_send(struct queue_consumer *c, struct qc_cmd *cmd)
 {
-    if (c->ac == NULL)
+    if (c->rc.ac == NULL)
         return -ENOTCONN;
     cmd->deadline_ms = loop_now(c) + c->op_timeout_ms;
-    if (redisAsyncCommandArgv(c->ac, on_reply, cmd, cmd->argc, cmd->argv, cmd->lens) != REDIS_OK)
+    if (redisAsyncCommandArgv(c->rc.ac, on_reply, cmd, cmd->argc, cmd->argv, cmd->lens) != REDIS_OK)
         return -EIO;
     cmd_link(c, cmd);
     c->st.cmds_sent++;
-    arm_deadline_at(c, cmd->deadline_ms);
+    queue_conn_arm_deadline(&c->rc, cmd->deadline_ms);
     return 0;
 }
 
@@ -872,7 +836,7 @@ static int qc_eval(struct queue_consumer *c, int script, unsigned shard, size_t 
     struct qc_cmd *cmd;
     char *p;
 
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     kl = queue_key_format(key, sizeof(key), c->prefix, shard, "sched", NULL, 0);
     if (kl < 0)
@@ -932,88 +896,6 @@ static int qc_evals(struct queue_consumer *c, int script, unsigned shard, size_t
 
 /* ---- connection lifecycle ---- */
 
-static void on_reconnect_timer(void *arg)
-{
-    struct queue_consumer *c = arg;
-    c->reconnect_timer = NULL;
-    conn_start(c);
-}
-
-static void schedule_reconnect(struct queue_consumer *c)
-{
-    uint32_t b = c->backoff_ms;
-    uint32_t delay;
-
-    if (c->freeing || c->reconnect_timer != NULL || c->ac != NULL)
-        return;
-    delay = b / 2 + (uint32_t)(rng_next(c) % (b / 2 + 1));
-    c->backoff_ms = b >= c->reconnect_max_ms / 2 ? c->reconnect_max_ms : b * 2;
-    c->reconnect_timer = c->loop.ops->timer_add(c->loop.loop, delay, on_reconnect_timer, c);
-}
-
-static void conn_lost(struct queue_consumer *c)
-{
-    c->state = QUEUE_DOWN;
-    c->connect_deadline_ms = 0;
-    c->st.disconnects++;
-    schedule_reconnect(c);
-}
-
-static void conn_reset(struct queue_consumer *c)
-{
-    redisAsyncContext *ac = c->ac;
-    if (ac == NULL)
-        return;
-    c->ac = NULL;
-    c->state = QUEUE_DOWN;
-    ac->data = NULL;
-    redisAsyncFree(ac); /* every outstanding command's handler runs with no reply */
-    conn_lost(c);
-}
-
-static void conn_reset_soon(struct queue_consumer *c, const char *what, const char *detail)
-{
-    set_error(c, what, detail);
-    c->state = QUEUE_DOWN;
-    c->force_reset = true;
-    arm_deadline_at(c, 0);
-}
-
-static void on_deadline(void *arg)
-{
-    struct queue_consumer *c = arg;
-    uint64_t now = loop_now(c);
-    uint64_t min = UINT64_MAX;
-
-    c->deadline_timer = NULL;
-    if (c->force_reset) {
-        c->force_reset = false;
-        conn_reset(c);
-        return;
-    }
-    if (c->ac == NULL)
-        return;
-    if (c->connect_deadline_ms != 0 && c->connect_deadline_ms <= now) {
-        c->st.timeouts++;
-        set_error(c, "redis connect timed out", NULL);
-        conn_reset(c);
-        return;
-    }
-    for (struct qc_cmd *cmd = c->cmds_head; cmd; cmd = cmd->next)
-        if (cmd->deadline_ms < min)
-            min = cmd->deadline_ms;
-    if (min <= now) {
-        c->st.timeouts++;
-        set_error(c, "redis command timed out", NULL);
-        conn_reset(c);
-        return;
-    }
-    if (c->connect_deadline_ms != 0 && c->connect_deadline_ms < min)
-        min = c->connect_deadline_ms;
-    if (min != UINT64_MAX)
-        arm_deadline_at(c, min);
-}
-
 static void on_auth(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
 {
     char text[QUEUE_REASON_MAX];
@@ -1021,7 +903,7 @@ static void on_auth(struct queue_consumer *c, void *ctx, uintptr_t tag, const re
     (void)tag;
     if (r != NULL && r->type == REDIS_REPLY_ERROR) {
         r_text(r, text, sizeof(text));
-        conn_reset_soon(c, "redis AUTH refused", text);
+        queue_conn_reset_soon(&c->rc, "redis AUTH refused", text);
     }
 }
 
@@ -1030,53 +912,49 @@ static void on_script_loaded(struct queue_consumer *c, void *ctx, uintptr_t tag,
 {
     char text[QUEUE_REASON_MAX];
     (void)ctx;
-    if (r == NULL || c->state != QUEUE_CONNECTING)
+    if (r == NULL || c->rc.state != QUEUE_CONNECTING)
         return;
     if (r->type == REDIS_REPLY_STRING && r->len == 40 && tag < QS_COUNT) {
         memcpy(c->sha[tag], r->str, 40);
         c->sha[tag][40] = '\0';
-        if (--c->shas_missing == 0) {
-            c->state = QUEUE_CONNECTED;
-            c->last_error[0] = '\0';
-            c->backoff_ms = c->reconnect_min_ms;
-            c->st.connects++;
-        }
+        if (--c->shas_missing == 0)
+            queue_conn_ready(&c->rc);
         return;
     }
     r_text(r, text, sizeof(text));
-    conn_reset_soon(c, "redis SCRIPT LOAD failed", r->type == REDIS_REPLY_ERROR ? text : "reply");
+    queue_conn_reset_soon(&c->rc, "redis SCRIPT LOAD failed",
+                          r->type == REDIS_REPLY_ERROR ? text : "reply");
 }
 
-static void on_connect(const redisAsyncContext *cac, int status)
+/* qc_down (queue_conn_ops): the connection is gone; the scripts are loaded again at the next
+ * connect. */
+static void qc_down(void *owner)
 {
-    struct queue_consumer *c = cac->data;
+    (void)owner;
+}
+
+/* qc_deadline (queue_conn_ops): the earliest deadline of an outstanding command. */
+static uint64_t qc_deadline(void *owner)
+{
+    const struct queue_consumer *c = owner;
+    uint64_t min = UINT64_MAX;
+    for (const struct qc_cmd *cmd = c->cmds_head; cmd; cmd = cmd->next)
+        if (cmd->deadline_ms < min)
+            min = cmd->deadline_ms;
+    return min;
+}
+
+/* qc_up (queue_conn_ops): connected; AUTH when configured, then SCRIPT LOAD of every script
+ * (the last reply makes the consumer ready). */
+static void qc_up(void *owner)
+{
+    struct queue_consumer *c = owner;
     const char *argv[3];
     size_t lens[3];
-    int argc = 0;
+    int argc = queue_conn_auth_argv(&c->rc, argv, lens);
 
-    if (c == NULL || c->ac != cac)
-        return;
-    if (status != REDIS_OK) {
-        set_error(c, "redis connect failed", cac->errstr);
-        c->ac = NULL;
-        conn_lost(c);
-        return;
-    }
-    c->connect_deadline_ms = 0;
-    if (c->password != NULL) {
-        argv[argc] = "AUTH";
-        lens[argc++] = 4;
-        if (c->username != NULL) {
-            argv[argc] = c->username;
-            lens[argc] = strlen(c->username);
-            argc++;
-        }
-        argv[argc] = c->password;
-        lens[argc] = strlen(c->password);
-        argc++;
-        if (qc_cmd_argv(c, argc, argv, lens, on_auth, NULL, 0) < 0)
-            goto err;
-    }
+    if (argc > 0 && qc_cmd_argv(c, argc, argv, lens, on_auth, NULL, 0) < 0)
+        goto err;
     c->shas_missing = QS_COUNT;
     for (unsigned i = 0; i < QS_COUNT; i++) {
         argv[0] = "SCRIPT";
@@ -1090,55 +968,11 @@ static void on_connect(const redisAsyncContext *cac, int status)
     }
     return;
 err:
-    conn_reset_soon(c, "redis handshake failed", "out of memory");
+    queue_conn_reset_soon(&c->rc, "redis handshake failed", "out of memory");
 }
 
-static void on_disconnect(const redisAsyncContext *cac, int status)
-{
-    struct queue_consumer *c = cac->data;
-    (void)status;
-    if (c == NULL || c->ac != cac)
-        return;
-    set_error(c, "redis connection lost", cac->err ? cac->errstr : NULL);
-    c->ac = NULL;
-    conn_lost(c);
-}
-
-static void conn_start(struct queue_consumer *c)
-{
-    redisAsyncContext *ac;
-
-    if (c->freeing || c->ac != NULL)
-        return;
-    ac = c->is_unix ? redisAsyncConnectUnix(c->host) : redisAsyncConnect(c->host, c->port);
-    if (ac == NULL) {
-        set_error(c, "redis connect failed", "out of memory");
-        goto retry;
-    }
-    if (ac->err) {
-        set_error(c, "redis connect failed", ac->errstr);
-        redisAsyncFree(ac);
-        goto retry;
-    }
-    if (queue_redis_attach(ac, &c->loop) < 0) {
-        set_error(c, "redis connect failed", "cannot watch the socket");
-        redisAsyncFree(ac);
-        goto retry;
-    }
-    ac->data = c;
-    c->ac = ac;
-    /* Commands of the handshake go out while CONNECTING; qc_cmd_argv allows that only for
-     * them, so the state is set before any is sent. */
-    c->state = QUEUE_CONNECTING;
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    c->connect_deadline_ms = loop_now(c) + c->op_timeout_ms;
-    arm_deadline_at(c, c->connect_deadline_ms);
-    return;
-retry:
-    c->state = QUEUE_DOWN;
-    schedule_reconnect(c);
-}
+static const struct queue_conn_ops qc_conn_ops = {
+    .up = qc_up, .down = qc_down, .deadline = qc_deadline};
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv)
 {
@@ -1147,7 +981,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
 
     cmd_unlink(c, cmd);
-    if (c->freeing) {
+    if (c->rc.freeing) {
         free(cmd);
         return;
     }
@@ -1155,15 +989,15 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
         c->st.dropped++;
         if (ac->err)
             set_error(c, "redis connection lost", ac->errstr);
-        if (c->ac == ac)
-            c->state = QUEUE_DOWN;
+        if (c->rc.ac == ac)
+            c->rc.state = QUEUE_DOWN;
     } else {
         c->st.replies++;
         if (reply->type == REDIS_REPLY_ERROR) {
             c->st.errors++;
             if (cmd->script >= 0 && !cmd->used_eval && reply->len >= 8 &&
-                memcmp(reply->str, "NOSCRIPT", 8) == 0 && c->state == QUEUE_CONNECTED &&
-                c->ac == ac) {
+                memcmp(reply->str, "NOSCRIPT", 8) == 0 && c->rc.state == QUEUE_CONNECTED &&
+                c->rc.ac == ac) {
                 /* Script cache flushed (restart, failover): send the source; EVAL caches it. */
                 cmd->used_eval = true;
                 cmd->argv[0] = "EVAL";
@@ -2060,7 +1894,7 @@ static void claim_check(struct qc_claim *cl)
     if (!cl->rounds_done || cl->rpend > 0 || cl->pending > 0)
         return;
     job_del(c, &cl->j);
-    int err = cl->failed && cl->got == 0 ? (c->state == QUEUE_CONNECTED ? -EIO : -ENOTCONN) : 0;
+    int err = cl->failed && cl->got == 0 ? (c->rc.state == QUEUE_CONNECTED ? -EIO : -ENOTCONN) : 0;
     if (cl->cb)
         cl->cb(cl->arg, err, cl->out, cl->got);
     claim_free(cl);
@@ -2077,7 +1911,7 @@ int queue_consumer_claim(struct queue_consumer *c, size_t max,
 
     if (c == NULL || cb == NULL || max == 0 || max > QUEUE_CONSUMER_CLAIM_MAX)
         return -EINVAL;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -2112,7 +1946,7 @@ int queue_consumer_claim(struct queue_consumer *c, size_t max,
     round_start(cl);
     if (cl->rpend == 0) {
         claim_free(cl);
-        return c->state == QUEUE_CONNECTED ? -EIO : -ENOTCONN;
+        return c->rc.state == QUEUE_CONNECTED ? -EIO : -ENOTCONN;
     }
     job_add(c, &cl->j, claim_destroy);
     return 0;
@@ -2694,7 +2528,7 @@ int queue_consumer_done(struct queue_consumer_lease *l, const struct queue_consu
              o[i].result != QUEUE_CONSUMER_PERMFAIL))
             return -EINVAL;
     }
-    if (l->c->state != QUEUE_CONNECTED)
+    if (l->c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     return done_start(l, o, n, false, NULL, cb, arg);
 }
@@ -2768,7 +2602,7 @@ int queue_consumer_renew(struct queue_consumer_lease *l, void (*cb)(void *arg, i
     if (l->busy)
         return -EBUSY;
     c = l->c;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     s = simple_new(c, cb, arg);
     if (s == NULL)
@@ -2809,7 +2643,7 @@ int queue_consumer_lease_return(struct queue_consumer_lease *l, void (*cb)(void 
     if (l->busy)
         return -EBUSY;
     c = l->c;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     s = simple_new(c, cb, arg);
     if (s == NULL)
@@ -2948,7 +2782,7 @@ int queue_consumer_body_next(struct queue_consumer_body *b,
         b->busy = true;
         return 0;
     }
-    if (b->c->state != QUEUE_CONNECTED)
+    if (b->c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     snprintf(idx, sizeof(idx), "%u", b->index);
     const char *argv[3] = {"LINDEX", b->key, idx};
@@ -3034,7 +2868,7 @@ int queue_consumer_report_take(struct queue_consumer *c,
 
     if (c == NULL || cb == NULL)
         return -EINVAL;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -3072,7 +2906,7 @@ int queue_consumer_report_ack(struct queue_consumer *c, unsigned shard, const ui
 
     if (c == NULL || data == NULL || len == 0 || shard >= c->shards)
         return -EINVAL;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -3201,7 +3035,7 @@ int queue_consumer_summary(struct queue_consumer *c,
 
     if (c == NULL || cb == NULL)
         return -EINVAL;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -3333,7 +3167,7 @@ int queue_consumer_list(struct queue_consumer *c, const struct queue_consumer_fi
             return -EINVAL;
         want = f->dest;
     }
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -3595,7 +3429,7 @@ static int msg_start(struct queue_consumer *c, const char *qid, enum qc_mode mod
     if (c == NULL || qid == NULL || queue_qid_shard(qid, &shard) < 0 || shard >= c->shards ||
         strchr(qid, '/') != NULL)
         return -EINVAL;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -3718,7 +3552,7 @@ static int bulk_start(struct queue_consumer *c, bool revive, void (*cb)(void *, 
 
     if (c == NULL)
         return -EINVAL;
-    if (c->state != QUEUE_CONNECTED)
+    if (c->rc.state != QUEUE_CONNECTED)
         return -ENOTCONN;
     if (c->inflight >= c->inflight_max)
         return -EAGAIN;
@@ -3755,61 +3589,6 @@ int queue_consumer_flush(struct queue_consumer *c, void (*cb)(void *arg, int err
 
 /* ---- lifecycle ---- */
 
-static int parse_address(struct queue_consumer *c, const char *addr, char *err, size_t errlen)
-{
-    const char *colon, *host;
-    size_t hl;
-    char *end;
-    unsigned long port;
-    unsigned char bin[sizeof(struct in6_addr)];
-
-    if (addr == NULL || addr[0] == '\0') {
-        snprintf(err, errlen, "redis address missing");
-        return -EINVAL;
-    }
-    if (strncmp(addr, "unix:", 5) == 0) {
-        if (strlen(addr + 5) == 0 || strlen(addr + 5) >= 108) {
-            snprintf(err, errlen, "redis socket path empty or too long");
-            return -EINVAL;
-        }
-        c->is_unix = true;
-        snprintf(c->host, sizeof(c->host), "%s", addr + 5);
-        return 0;
-    }
-    colon = strrchr(addr, ':');
-    if (colon == NULL || colon == addr)
-        goto bad;
-    host = addr;
-    hl = (size_t)(colon - addr);
-    if (addr[0] == '[') {
-        if (colon[-1] != ']' || hl < 3)
-            goto bad;
-        host = addr + 1;
-        hl -= 2;
-    } else if (memchr(addr, ':', hl) != NULL) {
-        goto bad;
-    }
-    if (hl >= sizeof(c->host) || hl == 0)
-        goto bad;
-    errno = 0;
-    port = strtoul(colon + 1, &end, 10);
-    if (errno || *end != '\0' || colon[1] == '\0' || port == 0 || port > 65535)
-        goto bad;
-    memcpy(c->host, host, hl);
-    c->host[hl] = '\0';
-    /* hiredis resolves names with a blocking getaddrinfo: address literals only. */
-    if (strcmp(c->host, "localhost") == 0)
-        snprintf(c->host, sizeof(c->host), "127.0.0.1");
-    if (inet_pton(AF_INET, c->host, bin) != 1 && inet_pton(AF_INET6, c->host, bin) != 1)
-        goto bad;
-    c->port = (int)port;
-    c->is_unix = false;
-    return 0;
-bad:
-    snprintf(err, errlen, "bad redis address (want unix:/path, ip:port or [ipv6]:port)");
-    return -EINVAL;
-}
-
 static bool name_ok(const char *s, size_t max)
 {
     size_t n = strnlen(s, max + 1);
@@ -3845,8 +3624,6 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
         return NULL;
     }
     c->loop = *loop;
-    if (parse_address(c, cfg->address, err, errlen) < 0)
-        goto err;
     const char *prefix = cfg->key_prefix ? cfg->key_prefix : QUEUE_PREFIX_DEFAULT;
     if (!name_ok(prefix, QUEUE_PREFIX_MAX)) {
         snprintf(err, errlen, "bad key prefix");
@@ -3859,23 +3636,11 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
         goto err;
     }
     snprintf(c->node, sizeof(c->node), "%s", node);
-    if (cfg->password != NULL && cfg->password[0] != '\0') {
-        c->password = strdup(cfg->password);
-        if (c->password == NULL)
-            goto nomem;
-        if (cfg->username != NULL && cfg->username[0] != '\0') {
-            c->username = strdup(cfg->username);
-            if (c->username == NULL)
-                goto nomem;
-        }
-    }
     c->shards = cfg->shards ? cfg->shards : QUEUE_SHARDS_DEFAULT;
     c->inflight_max = cfg->inflight_max ? cfg->inflight_max : QUEUE_INFLIGHT_DEFAULT;
     c->op_timeout_ms = cfg->op_timeout_ms ? cfg->op_timeout_ms : QUEUE_OP_TIMEOUT_MS_DEFAULT;
-    c->reconnect_min_ms =
-        cfg->reconnect_min_ms ? cfg->reconnect_min_ms : QUEUE_RECONNECT_MIN_MS_DEFAULT;
-    c->reconnect_max_ms =
-        cfg->reconnect_max_ms ? cfg->reconnect_max_ms : QUEUE_RECONNECT_MAX_MS_DEFAULT;
+    uint32_t rmin = cfg->reconnect_min_ms ? cfg->reconnect_min_ms : QUEUE_RECONNECT_MIN_MS_DEFAULT;
+    uint32_t rmax = cfg->reconnect_max_ms ? cfg->reconnect_max_ms : QUEUE_RECONNECT_MAX_MS_DEFAULT;
     c->lease_ms = cfg->lease_ms ? cfg->lease_ms : QUEUE_CONSUMER_LEASE_MS_DEFAULT;
     c->conc =
         cfg->concurrency_per_dest ? cfg->concurrency_per_dest : QUEUE_CONSUMER_CONCURRENCY_DEFAULT;
@@ -3889,7 +3654,7 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
     c->event_cb = cfg->event_cb;
     c->event_arg = cfg->event_arg;
     if (c->shards > QUEUE_SHARDS_MAX || c->inflight_max < 4 ||
-        c->inflight_max > QUEUE_INFLIGHT_MAX || c->reconnect_min_ms > c->reconnect_max_ms ||
+        c->inflight_max > QUEUE_INFLIGHT_MAX || rmin > rmax ||
         c->lease_ms < QUEUE_CONSUMER_LEASE_MS_MIN || c->conc > QUEUE_CONSUMER_CONCURRENCY_MAX ||
         c->batch > QUEUE_CONSUMER_BATCH_MAX || c->retry_base_ms > c->retry_max_ms ||
         c->retry_max_ms > c->lifetime_ms || c->lifetime_ms > (uint64_t)INT64_MAX / 4) {
@@ -3900,18 +3665,18 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
     c->more_hint = calloc(c->shards, 1);
     if (c->busy_hint == NULL || c->more_hint == NULL)
         goto nomem;
-    c->backoff_ms = c->reconnect_min_ms;
     if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
         c->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)c;
-    conn_start(c);
+    if (queue_conn_init(&c->rc, &c->loop, &qc_conn_ops, c, cfg->address, cfg->username,
+                        cfg->password, c->op_timeout_ms, rmin, rmax, rng_next(c), err, errlen) < 0)
+        goto err;
+    queue_conn_start(&c->rc);
     return c;
 nomem:
     snprintf(err, errlen, "out of memory");
 err:
     free(c->busy_hint);
     free(c->more_hint);
-    free(c->password);
-    free(c->username);
     free(c);
     return NULL;
 }
@@ -3920,28 +3685,12 @@ void queue_consumer_free(struct queue_consumer *c)
 {
     if (c == NULL)
         return;
-    c->freeing = true;
-    if (c->deadline_timer)
-        c->loop.ops->timer_cancel(c->loop.loop, c->deadline_timer);
-    c->deadline_timer = NULL;
-    if (c->reconnect_timer)
-        c->loop.ops->timer_cancel(c->loop.loop, c->reconnect_timer);
-    c->reconnect_timer = NULL;
-    if (c->ac != NULL) {
-        redisAsyncContext *ac = c->ac;
-        c->ac = NULL;
-        ac->data = NULL;
-        redisAsyncFree(ac);
-    }
+    queue_conn_free(&c->rc); /* outstanding commands end in on_reply while freeing */
     while (c->jobs != NULL) {
         struct qc_job *j = c->jobs;
         job_del(c, j);
         j->destroy(j);
     }
-    if (c->password)
-        explicit_bzero(c->password, strlen(c->password));
-    free(c->password);
-    free(c->username);
     while (c->pre_head != NULL)
         pre_drop(c, c->pre_head);
     free(c->busy_hint);
@@ -3952,12 +3701,15 @@ void queue_consumer_free(struct queue_consumer *c)
 enum queue_conn_state queue_consumer_state(const struct queue_consumer *c, const char **last_error)
 {
     if (last_error)
-        *last_error = c->last_error;
-    return c->state;
+        *last_error = c->rc.last_error;
+    return c->rc.state;
 }
 
 void queue_consumer_get_stats(const struct queue_consumer *c, struct queue_consumer_stats *out)
 {
     *out = c->st;
+    out->connects = c->rc.connects;
+    out->disconnects = c->rc.disconnects;
+    out->timeouts = c->rc.timeouts;
     out->inflight = c->inflight;
 }

@@ -495,8 +495,8 @@ err:
     queue_conn_reset_soon(&q->rc, "redis handshake failed", "out of memory");
 }
 
-static const struct queue_conn_ops q_conn_ops = {.up = q_up, .down = q_down,
-                                                 .deadline = q_deadline};
+static const struct queue_conn_ops q_conn_ops = {
+    .up = q_up, .down = q_down, .deadline = q_deadline};
 
 /* ---- transactions ---- */
 
@@ -1279,7 +1279,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
             queue_conn_ready(&q->rc);
         } else {
             queue_conn_reset_soon(&q->rc, "redis SCRIPT LOAD failed",
-                            reply->type == REDIS_REPLY_ERROR ? text : "unexpected reply");
+                                  reply->type == REDIS_REPLY_ERROR ? text : "unexpected reply");
         }
         break;
     case OP_CHUNK:
@@ -1440,8 +1440,7 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
     q->body_ttl_ms = cfg->body_ttl_ms ? cfg->body_ttl_ms : QUEUE_BODY_TTL_MS_DEFAULT;
     if (q->shards > QUEUE_SHARDS_MAX || q->inflight_max > QUEUE_INFLIGHT_MAX ||
         q->inflight_max < 4 || q->chunk_size < QUEUE_CHUNK_SIZE_MIN ||
-        q->chunk_size > QUEUE_CHUNK_SIZE_MAX || rmin > rmax ||
-        q->wait_replicas > 64) {
+        q->chunk_size > QUEUE_CHUNK_SIZE_MAX || rmin > rmax || q->wait_replicas > 64) {
         snprintf(err, errlen, "queue limits out of range");
         goto err;
     }
@@ -1452,8 +1451,7 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
     if (getrandom(&q->rng, sizeof(q->rng), 0) != (ssize_t)sizeof(q->rng))
         q->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)q ^ mono_us() << 20;
     if (queue_conn_init(&q->rc, &q->loop, &q_conn_ops, q, cfg->address, cfg->username,
-                        cfg->password, q->op_timeout_ms, rmin, rmax, rng_next(q), err,
-                        errlen) < 0)
+                        cfg->password, q->op_timeout_ms, rmin, rmax, rng_next(q), err, errlen) < 0)
         goto err;
     queue_conn_start(&q->rc);
     return q;
