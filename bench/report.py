@@ -367,7 +367,7 @@ def relay(raw):
     st = open(p).read().strip() if os.path.exists(p) else ""
     if st != "measured":
         return None, st or "not measured"
-    e2e, ingest, sink_cpu, backlog = [], [], [], []
+    e2e, ingest, sink_cpu, backlog, cost = [], [], [], [], []
     for k in range(1, raw.runs + 1):
         j = raw.bench("relay", k)
         try:
@@ -397,11 +397,15 @@ def relay(raw):
         ingest.append(j["msgs_per_s"])
         sink_cpu.append(100.0 * cpu_us / 1e6 / max(t1 - t0, 1e-3))
         backlog.append(j["msgs"] - delivered)
+        # server CPU over the measured interval, with what was ingested and delivered in it
+        sv = {n: server(j, n) for n in ("cmtpd", "redis-server")}
+        if delivered > 0 and all(v and v.get("cpu_ok") for v in sv.values()):
+            cost.append((sv["cmtpd"]["cpu_us"], sv["redis-server"]["cpu_us"], j["msgs"], delivered))
     s = Stat(e2e)
     if not s.ok:
         return None, "not measured: no message reached the LMTP sink during the measured interval"
     return {"e2e": s, "ingest": Stat(ingest), "sink_cpu_pct": Stat(sink_cpu),
-            "backlog": Stat(backlog)}, ""
+            "backlog": Stat(backlog), "cost": cost}, ""
 
 
 def failed_runs(raw):
@@ -693,6 +697,26 @@ def main():
                               "delivery side (claim, split, record update, lease finish) adds to "
                               "what each fsync carries, and the closed loop waits for it." % (
                                   cpu_split_text(ci), cpu_split_text(cr)))
+            # What delivering a message costs the two server processes, from the relay runs'
+            # CPU less what the messages ingested meanwhile cost at the ingest-only rate per
+            # message; with the CPUs the limit, relay / ingest cannot exceed X / (X + D).
+            xc = Stat(raw.series("msg_cmtp_1k", lambda j: cpu_of(j, "cmtpd")))
+            xr = Stat(raw.series("msg_cmtp_1k", lambda j: cpu_of(j, "redis-server")))
+            if xc.ok and xr.ok and rel["cost"]:
+                dc = Stat([(c - xc.med * n) / d for c, r, n, d in rel["cost"]])
+                dr = Stat([(r - xr.med * n) / d for c, r, n, d in rel["cost"]])
+                x = xc.med + xr.med
+                dd = dc.med + dr.med
+                if dd > 0:
+                    notes[-1] += (" Delivering a message cost the server processes %s µs of CPU "
+                                  "(cmtpd %s, its redis-server %s: the relay runs' CPU less "
+                                  "what the messages ingested meanwhile cost at the ingest-only "
+                                  "%s µs per message), %.1f× an ingest. The load generator "
+                                  "and the sink take their share of the same two CPUs, so with "
+                                  "the CPUs the limit relay / ingest is at most about "
+                                  "%s / (%s + %s) = %.2f here." % (
+                                      num(dd), dc.fmt(), dr.fmt(), num(x), dd / x, num(x),
+                                      num(x), num(dd), x / (x + dd)))
             cs = cmdstats(raw, "relay")
             if cs:
                 notes[-1] += (" In a relay run of exactly %d messages (ingested and delivered), "
