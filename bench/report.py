@@ -711,12 +711,13 @@ def main():
                     notes[-1] += (" Delivering a message cost the server processes %s µs of CPU "
                                   "(cmtpd %s, its redis-server %s: the relay runs' CPU less "
                                   "what the messages ingested meanwhile cost at the ingest-only "
-                                  "%s µs per message), %.1f× an ingest. The load generator "
-                                  "and the sink take their share of the same two CPUs, so with "
-                                  "the CPUs the limit relay / ingest is at most about "
-                                  "%s / (%s + %s) = %.2f here." % (
+                                  "%s µs per message), %.1f× an ingest. On the same two CPUs "
+                                  "that puts relay near %s / (%s + %s) = %.2f of an ingest that "
+                                  "has them to itself (measured: %s; the ingest-only runs also "
+                                  "wait for fsync, so the measured ratio may sit above this "
+                                  "estimate)." % (
                                       num(dd), dc.fmt(), dr.fmt(), num(x), dd / x, num(x),
-                                      num(x), num(dd), x / (x + dd)))
+                                      num(x), num(dd), x / (x + dd), num(r)))
             cs = cmdstats(raw, "relay")
             if cs:
                 notes[-1] += (" In a relay run of exactly %d messages (ingested and delivered), "
