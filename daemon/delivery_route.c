@@ -36,6 +36,16 @@ static const struct cmtp_config *rt_cfg(const struct dl_job *j)
     return &j->dl->w->cfg->c;
 }
 
+/* rt_fallback_ok says whether |j| may fall back to SMTP (PROTOCOL.md 14): as the originator's
+ * FALLBACK= allows, except for mail handed to the internal CMTP store ([delivery] mode = cmtp):
+ * this server is its final destination, and the store is the only way on (it waits for it). */
+static bool rt_fallback_ok(const struct dl_job *j, bool no_cmtp, bool unreachable)
+{
+    if (j->store_hop)
+        return false;
+    return cmtp_route_fallback_ok(j->rec->env.policy.fallback, no_cmtp, unreachable);
+}
+
 /* rt_end decides every open recipient of |j| and ends it: routing made the decision. */
 static void rt_end(struct dl_job *j, enum queue_consumer_result res, const char *why)
 {
@@ -104,8 +114,7 @@ static void rt_exhausted(struct dl_job *j)
 {
     struct dl_route_state *rs = j->route;
     bool unreachable = rs->all_unreachable && rs->attempts > 0 && !rs->dns_temp;
-    if (!rs->smtp &&
-        cmtp_route_fallback_ok(j->rec->env.policy.fallback, rs->no_cmtp, unreachable)) {
+    if (!rs->smtp && rt_fallback_ok(j, rs->no_cmtp, unreachable)) {
         rt_smtp_start(j);
         return;
     }
@@ -312,8 +321,16 @@ static void rt_srv_cb(void *arg, const struct cmtpd_resolve_answer *a)
     case CMTP_ROUTE_NO_SERVICE:
         /* PROTOCOL.md 16 step 1: D offers no CMTP; the originator's FALLBACK= decides. */
         rs->no_cmtp = true;
-        if (cmtp_route_fallback_ok(j->rec->env.policy.fallback, true, false)) {
+        if (rt_fallback_ok(j, true, false)) {
             rt_smtp_start(j);
+            return;
+        }
+        if (j->store_hop) {
+            cmtpd_delivery_why(why, sizeof(why),
+                               "no-route: the CMTP store %s offers no CMTP (SRV _cmtp._tcp "
+                               "target \".\")",
+                               rs->qname);
+            rt_end(j, QUEUE_CONSUMER_TEMPFAIL, why);
             return;
         }
         cmtpd_delivery_why(why, sizeof(why),
@@ -489,8 +506,7 @@ bool cmtpd_delivery_route_retry(struct dl_job *j)
         snprintf(rs->why, sizeof(rs->why), "%s", j->rc[j->map[0]].reason);
     more = (rs->addr_i < rs->n_addrs || rs->host_i < rs->n_hosts) &&
            rs->attempts < DL_ROUTE_ATTEMPTS_MAX;
-    fallback = !rs->smtp && cmtp_route_fallback_ok(j->rec->env.policy.fallback, rs->no_cmtp,
-                                                   rs->all_unreachable && !rs->dns_temp);
+    fallback = !rs->smtp && rt_fallback_ok(j, rs->no_cmtp, rs->all_unreachable && !rs->dns_temp);
     next = more ? "next-host" : fallback ? "smtp-fallback" : "none";
     CMTP_LOG(rt_log(j), CMTP_LOG_INFO, "route-attempt-failed", cmtp_log_str("qid", j->qid),
              cmtp_log_str("dest", j->dest), cmtp_log_str("peer", j->peer),

@@ -95,7 +95,7 @@ print("ok" if got == want and hops == list(range(1, len(r) + 1)) else "got %r" %
 # The peers: m (Maildir), l (LMTP over TCP to the scripted server), v (LMTP over Dovecot's Unix
 # socket), a and b (relay).
 PM=$(free_port) PS=$(free_port) PL=$(free_port) PD=$(free_port) PV=$(free_port)
-PA=$(free_port) PB=$(free_port) PF=$(free_port)
+PA=$(free_port) PB=$(free_port) PF=$(free_port) PG=$(free_port)
 conf m "$PM" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' "maildir = $T/maildir-m"
 conf l "$PL" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' 'mode = lmtp' \
   "lmtp = 127.0.0.1:$PS" 'retry_base = 1s' 'retry_max = 2s'
@@ -109,13 +109,16 @@ conf a "$PA" mx.a.test "$T/tlsa" "$T/tlsb/ca.crt" '[delivery]' 'local_domains = 
 # f: final for b.test at the edge, hands local mail over CMTP to B, the internal store.
 conf f "$PF" front.b.test "$T/tlsb" "$T/tlsb/ca.crt" '[delivery]' 'local_domains = b.test' \
   'mode = cmtp' "cmtp = 127.0.0.1:$PB"
+# g: the same, but its store is down (a closed port).
+conf g "$PG" front.b.test "$T/tlsb" "$T/tlsb/ca.crt" '[delivery]' 'local_domains = b.test' \
+  'mode = cmtp' 'cmtp = 127.0.0.1:9'
 mkdir -p "$T/sink"
 python3 "$TOP/tests/integration/lmtp_sink.py" "$PS" "$T/sink" 2>"$T/sink.err" &
 PIDS+=("$!")
 DOVECOT=1
 start_dovecot "$T/dovecot" "$PD" || DOVECOT=0 # it delivers as nobody: needs root (and dovecot-lmtpd)
-for n in m l v b a f; do launch $n; done
-for n in m l v b a f; do await $n; done
+for n in m l v b a f g; do launch $n; done
+for n in m l v b a f g; do await $n; done
 wait_for test -f "$T/sink/ready" || bad "lmtp sink starts"
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +253,14 @@ check "mode cmtp: byte-exact at B" cmp -s "$T/x-f/rest" "$T/m-bin"
 check "mode cmtp: F delivered it over CMTP" poll 5 grep -q 'event=delivered.*rcpt=frank@b.test.*transport=cmtp' "$T/f.log"
 check "mode cmtp: trace hop 1 by front.b.test, hop 2 by mx.b.test final" records_are "$T/x-f" front.b.test:final,mx.b.test:final
 check "mode cmtp: removed from F's Redis" poll 5 no_envs f
+# The store down: the mail waits for it, never SMTP fallback, even with FALLBACK=smtp.
+out=$("${SEND[@]}" --ca "$T/tlsb/ca.crt" -s "127.0.0.1:$PG" -n b.test -f alice@a.test \
+  -t gus@b.test --fallback smtp "$T/m-txt")
+check "mode cmtp, store down: accepted as final" grep -q '^rcpt gus@b.test final' <<<"$out"
+check "mode cmtp, store down: deferred" poll 8 grep -q 'event=deferred.*rcpt=gus@b.test.*transport=cmtp' "$T/g.log"
+check "mode cmtp, store down: no SMTP fallback" \
+  bash -c 'grep -q "event=route-attempt-failed.*next=none" "$1" && ! grep -q smtp-fallback "$1"' _ "$T/g.log"
+check "mode cmtp, store down: the message stays queued" [ "$(envs g)" -ge 1 ]
 
 # ---------------------------------------------------------------------------------------------
 # 5. kill -9 of the delivering cmtpd in the middle of an LMTP delivery (the store holds the
