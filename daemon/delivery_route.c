@@ -325,19 +325,12 @@ static void rt_srv_cb(void *arg, const struct cmtpd_resolve_answer *a)
             rt_smtp_start(j);
             return;
         }
-        if (j->store_hop) {
-            cmtpd_delivery_why(why, sizeof(why),
-                               "no-route: the CMTP store %s offers no CMTP (SRV _cmtp._tcp "
-                               "target \".\")",
-                               rs->qname);
-            rt_end(j, QUEUE_CONSUMER_TEMPFAIL, why);
-            return;
-        }
+        /* The internal store ([delivery] mode = cmtp) is a configuration to fix: mail waits. */
         cmtpd_delivery_why(why, sizeof(why),
-                           "no-cmtp: %s offers no CMTP (SRV _cmtp._tcp target \".\") and "
-                           "FALLBACK=none",
-                           rs->qname);
-        rt_end(j, QUEUE_CONSUMER_PERMFAIL, why);
+                           "%s: %s offers no CMTP (SRV _cmtp._tcp target \".\")%s",
+                           j->store_hop ? "no-route" : "no-cmtp", rs->qname,
+                           j->store_hop ? "" : " and FALLBACK=none");
+        rt_end(j, j->store_hop ? QUEUE_CONSUMER_TEMPFAIL : QUEUE_CONSUMER_PERMFAIL, why);
         return;
     case CMTP_ROUTE_NO_USABLE:
         break;
