@@ -625,6 +625,7 @@ static const struct key_def keys[] = {
     {"delivery", "smtp_tls_verify", T_BOOL, OFF(delivery.smtp_tls_verify), 0, 0, 0, 0, 0},
     {"delivery", "smtp_tls_name", T_HOSTNAME, OFF(delivery.smtp_tls_name),
      CAP(delivery.smtp_tls_name), 0, 0, 0, 1},
+    {"delivery", "chunking", T_BOOL, OFF(delivery.chunking), 0, 0, 0, 0, 0},
     {"delivery", "local_domains", T_DOMAINS, OFF(delivery.local_domains),
      LISTCAP(delivery.local_domains), OFF(delivery.local_domains_count), 0, 0, 1},
     {"delivery", "relay_domains", T_RELAYS, OFF(delivery.relay_domains),
@@ -1396,6 +1397,7 @@ void cmtp_config_init(struct cmtp_config *c)
     c->delivery.smtp.kind = CMTP_CONFIG_SOCKET_NONE;
     c->delivery.smtp_starttls = CMTP_SMTPC_TLS_MAY;
     c->delivery.smtp_tls_verify = false;
+    c->delivery.chunking = true;
     c->delivery.concurrency_per_dest = CMTP_CONFIG_CONCURRENCY_PER_DEST_DEFAULT;
     c->delivery.retry_base_ms = CMTP_CONFIG_RETRY_BASE_MS_DEFAULT;
     c->delivery.retry_max_ms = CMTP_CONFIG_RETRY_MAX_MS_DEFAULT;

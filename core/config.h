@@ -189,6 +189,7 @@ struct cmtp_config {
         enum cmtp_smtpc_tls smtp_starttls; /* none, may (default) or require */
         bool smtp_tls_verify;              /* verify the host's certificate when TLS is used */
         char smtp_tls_name[CMTP_DOMAIN_MAX + 1]; /* its reference identity; "" = the host of smtp */
+        bool chunking; /* BDAT (RFC 3030) to LMTP/SMTP servers that offer CHUNKING (default) */
         char local_domains[CMTP_CONFIG_LOCAL_DOMAINS_MAX][CMTP_DOMAIN_MAX + 1];
         size_t local_domains_count; /* 0 = final for every domain */
         struct cmtp_config_relay_domain relay_domains[CMTP_CONFIG_RELAY_DOMAINS_MAX];

@@ -11,6 +11,12 @@ void cmtp_dotstuff_init(struct cmtp_dotstuff *d)
     d->bol = 1;
 }
 
+void cmtp_dotstuff_init_canon(struct cmtp_dotstuff *d)
+{
+    cmtp_dotstuff_init(d);
+    d->no_stuff = 1;
+}
+
 size_t cmtp_dotstuff_encode(struct cmtp_dotstuff *d, const uint8_t *in, size_t in_len,
                             size_t *consumed, uint8_t *out, size_t out_size)
 {
@@ -48,7 +54,7 @@ size_t cmtp_dotstuff_encode(struct cmtp_dotstuff *d, const uint8_t *in, size_t i
             out[o++] = '\n';
             d->bol = 1;
             d->cr = b == '\r';
-        } else if (b == '.') { /* at the beginning of a line */
+        } else if (b == '.' && !d->no_stuff) { /* at the beginning of a line */
             if (out_size - o < 2)
                 break;
             out[o++] = '.';
@@ -73,7 +79,7 @@ size_t cmtp_dotstuff_encode(struct cmtp_dotstuff *d, const uint8_t *in, size_t i
 int cmtp_dotstuff_finish(struct cmtp_dotstuff *d, uint8_t *out, size_t out_size)
 {
     size_t n = 0;
-    if (d->finished)
+    if (d->finished || d->no_stuff)
         return -EINVAL;
     if (out_size < (d->bol ? 3u : 5u))
         return -ENOBUFS;
@@ -128,4 +134,9 @@ void cmtp_dotstuff_scan_end(struct cmtp_body_scan *s)
     if (s->line_cur > s->line_max)
         s->line_max = s->line_cur;
     s->line_cur = 0;
+}
+
+bool cmtp_body_scan_binary(const struct cmtp_body_scan *s)
+{
+    return s->nul > 0 || s->bare_cr > 0 || s->bare_lf > 0;
 }

@@ -40,10 +40,18 @@ struct cmtp_dotstuff {
     uint8_t bol;        /* the next output octet starts a line */
     uint8_t cr;         /* the last input octet was a CR (already written as CRLF) */
     uint8_t finished;   /* cmtp_dotstuff_finish succeeded */
+    uint8_t no_stuff;   /* canonicalization only (cmtp_dotstuff_init_canon) */
 };
 
 /* cmtp_dotstuff_init resets |d| to the start of a body. */
 void cmtp_dotstuff_init(struct cmtp_dotstuff *d);
+
+/* cmtp_dotstuff_init_canon resets |d| to the start of a body sent in BDAT chunks (RFC 3030)
+ * without BINARYMIME: line endings are canonicalized to CRLF as above, but no dot is doubled
+ * (a length-counted chunk has no terminator to protect) and cmtp_dotstuff_finish must not be
+ * called (an unterminated last line stays unterminated). A body already in CRLF form passes
+ * octet for octet. */
+void cmtp_dotstuff_init_canon(struct cmtp_dotstuff *d);
 
 /* cmtp_dotstuff_encode encodes as much of |in| (|in_len| octets; NULL when 0) as fits into |out|
  * (|out_size| octets), sets |*consumed| to the input octets used and returns the output octets
@@ -56,7 +64,7 @@ size_t cmtp_dotstuff_encode(struct cmtp_dotstuff *d, const uint8_t *in, size_t i
 /* cmtp_dotstuff_finish writes the end of the body into |out|: CRLF if the last line is not
  * terminated (nothing for an empty body), then ".\r\n". Returns the octets written (3 or 5), or
  * -ENOBUFS (nothing written) when |out_size| is too small (CMTP_DOTSTUFF_OUT_MIN always fits),
- * or -EINVAL when already finished. */
+ * or -EINVAL when already finished or in canonicalization-only mode. */
 int cmtp_dotstuff_finish(struct cmtp_dotstuff *d, uint8_t *out, size_t out_size);
 
 /* cmtp_body_scan summarizes a body for the SMTP/LMTP client before MAIL FROM is sent. All-zero
@@ -71,6 +79,11 @@ struct cmtp_body_scan {
     bool eight_bit;    /* some octet >= 0x80: BODY=8BITMIME is needed */
     uint8_t cr;        /* the last octet scanned was a CR */
 };
+
+/* cmtp_body_scan_binary says whether the scanned body has a NUL, a bare CR or a bare LF: it is
+ * not line-oriented text, and only BODY=BINARYMIME over CHUNKING (RFC 3030) carries it unaltered
+ * to an SMTP/LMTP server. */
+bool cmtp_body_scan_binary(const struct cmtp_body_scan *s);
 
 /* cmtp_dotstuff_scan updates |s| with the next |len| octets of a body (any split gives the same
  * result). Call cmtp_dotstuff_scan_end after the last octet. */

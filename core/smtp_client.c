@@ -1,5 +1,6 @@
 /* core/smtp_client.c — the SMTP/LMTP delivery client: strict reply parsing, EHLO/STARTTLS,
- * pipelined envelope, dot-stuffed body, per-recipient results. Pure; no sockets, no TLS. */
+ * pipelined envelope, dot-stuffed or BDAT-chunked body, per-recipient results. Pure; no sockets,
+ * no TLS. */
 #include "core/smtp_client.h"
 
 #include <errno.h>
@@ -13,6 +14,14 @@
 /* GEN_ROOM is the output room a generated command needs: the longest (MAIL FROM with a 382-octet
  * address, SIZE, BODY and SMTPUTF8) is under 460 octets. */
 #define GEN_ROOM 512
+
+/* BDAT_RESERVE is the room kept in front of an open BDAT chunk for its command line: a chunk
+ * holds less than CMTP_SMTPC_OUT_MAX octets, so "BDAT 16383 LAST" CRLF (17 octets) fits. */
+#define BDAT_RESERVE 24
+
+/* BDAT_CHUNK_MIN is the least data room with which a new BDAT chunk is opened (unless the rest
+ * of the input fits): smaller chunks would cost a command and a reply for a few octets. */
+#define BDAT_CHUNK_MIN 1024
 
 /* EV_CONTINUE is the internal "no event, read on" result. */
 #define EV_CONTINUE (-1)
@@ -36,7 +45,9 @@ enum kind {
     K_MAIL,
     K_RCPT,
     K_DATA,
-    K_DOT,        /* the final dot; n = replies still expected (LMTP: one per accepted rcpt) */
+    K_BDAT,       /* a BDAT chunk before the last: one reply */
+    K_DOT,        /* the final dot or BDAT LAST; n = replies still expected (LMTP: one per
+                     accepted rcpt) */
     K_DOT_IGNORE, /* a lone dot after an unwanted 354: its reply is discarded */
     K_QUIT,
 };
@@ -129,6 +140,10 @@ struct cmtp_smtpc {
     size_t rcpt_gen, undecided, accepted, decided_pending, scan, lmtp_scan;
     size_t n_deliv, n_temp, n_perm;
     struct cmtp_dotstuff ds;
+    bool bdat;       /* this transaction sends its body in BDAT chunks */
+    bool raw;        /* ... octet for octet (BODY=BINARYMIME), not canonicalized */
+    bool chunk_open; /* body octets wait at out[chunk_start + BDAT_RESERVE...] for a header */
+    size_t chunk_start;
     struct why w[W_COUNT];
     struct why now; /* an immediate RCPT_RESULT's reply */
 
@@ -392,6 +407,8 @@ static size_t out_room(struct cmtp_smtpc *c)
     if (c->out_head > 0) {
         memmove(c->out, c->out + c->out_head, c->out_tail - c->out_head);
         c->out_tail -= c->out_head;
+        if (c->chunk_open)
+            c->chunk_start -= c->out_head;
         c->out_head = 0;
     }
     return CMTP_SMTPC_OUT_MAX - c->out_tail;
@@ -408,7 +425,7 @@ static bool append(struct cmtp_smtpc *c, const char *s, size_t n)
 
 static bool txn_kind(uint8_t k)
 {
-    return k == K_RSET || k == K_MAIL || k == K_RCPT || k == K_DATA || k == K_DOT ||
+    return k == K_RSET || k == K_MAIL || k == K_RCPT || k == K_DATA || k == K_BDAT || k == K_DOT ||
            k == K_DOT_IGNORE;
 }
 
@@ -509,7 +526,10 @@ static bool generate_one(struct cmtp_smtpc *c)
             n += 6;
             n += u64_put(line + n, c->msg.size);
         }
-        if (c->msg.eight_bit && c->ext.eightbitmime) {
+        if (c->raw) {
+            memcpy(line + n, " BODY=BINARYMIME", 16);
+            n += 16;
+        } else if (c->msg.eight_bit && c->ext.eightbitmime) {
             memcpy(line + n, " BODY=8BITMIME", 14);
             n += 14;
         }
@@ -528,7 +548,7 @@ static bool generate_one(struct cmtp_smtpc *c)
         line[n++] = '\n';
         kind = K_RCPT;
         idx = (uint32_t)c->rcpt_gen++;
-    } else if (!c->data_gen) {
+    } else if (!c->data_gen && !c->bdat) {
         memcpy(line, "DATA\r\n", 6);
         n = 6;
         kind = K_DATA;
@@ -542,8 +562,64 @@ static bool generate_one(struct cmtp_smtpc *c)
     return true;
 }
 
+/* chunk_room_ok says whether another BDAT chunk may be sent now (the pipelining depth). */
+static bool chunk_room_ok(const struct cmtp_smtpc *c)
+{
+    return pipelining(c) ? c->f_len < CMTP_SMTPC_INFLIGHT_MAX : c->f_len == 0;
+}
+
+/* chunk_close writes the open chunk's command line, `BDAT <n>` (` LAST` when |last|) CRLF, in
+ * front of its data and expects its reply (or replies). An empty chunk that is not the last is
+ * dropped. The unsent output before the chunk moves up to close the gap the reserve leaves. */
+static void chunk_close(struct cmtp_smtpc *c, bool last)
+{
+    size_t data = c->chunk_start + BDAT_RESERVE;
+    size_t n = c->out_tail - data;
+    char h[BDAT_RESERVE];
+    size_t hl;
+    c->chunk_open = false;
+    if (n == 0 && !last) {
+        c->out_tail = c->chunk_start;
+        return;
+    }
+    memcpy(h, "BDAT ", 5);
+    hl = 5 + u64_put(h + 5, n);
+    if (last) {
+        memcpy(h + hl, " LAST", 5);
+        hl += 5;
+    }
+    h[hl++] = '\r';
+    h[hl++] = '\n';
+    size_t gap = BDAT_RESERVE - hl;
+    memcpy(c->out + c->chunk_start + gap, h, hl);
+    memmove(c->out + c->out_head + gap, c->out + c->out_head, c->chunk_start - c->out_head);
+    c->out_head += gap;
+    if (last)
+        fifo_push(c, K_DOT, c->cfg.mode == CMTP_SMTPC_LMTP ? (uint32_t)c->accepted : 1);
+    else
+        fifo_push(c, K_BDAT, 0);
+}
+
+/* chunk_begin reserves the command line's room for a new chunk; false when there is too little
+ * room for |want| data octets (the output must be sent first) or the pipelining depth is
+ * reached (a reply must come first). */
+static bool chunk_begin(struct cmtp_smtpc *c, size_t want)
+{
+    if (!chunk_room_ok(c))
+        return false;
+    size_t room = out_room(c);
+    if (room < BDAT_RESERVE + (want < BDAT_CHUNK_MIN ? want : BDAT_CHUNK_MIN))
+        return false;
+    c->chunk_start = c->out_tail;
+    c->out_tail += BDAT_RESERVE;
+    c->chunk_open = true;
+    return true;
+}
+
 size_t cmtp_smtpc_output(struct cmtp_smtpc *c, const uint8_t **p)
 {
+    if (c->chunk_open)
+        chunk_close(c, false);
     while (out_room(c) >= GEN_ROOM) {
         if (!generate_one(c))
             break;
@@ -672,11 +748,19 @@ static void start_txn(struct cmtp_smtpc *c)
     const char *why = NULL, *enh = NULL;
     c->txn_started = true;
     c->st = S_TXN;
+    /* A binary body goes in BDAT only as BINARYMIME; without it, it is canonicalized, and DATA
+     * does that as well as BDAT. */
+    c->bdat = c->ext.chunking && !c->cfg.no_chunking && (!c->msg.binary || c->ext.binarymime);
+    c->raw = c->bdat && c->msg.binary;
+    c->chunk_open = false;
     if (c->ext.size && c->ext.size_max > 0 && c->msg.size > c->ext.size_max) {
         why = "too-big";
         enh = "5.3.4";
-    } else if (c->msg.eight_bit && !c->ext.eightbitmime) {
+    } else if (c->msg.eight_bit && !c->ext.eightbitmime && !c->raw) {
         why = "no-8bitmime";
+        enh = "5.6.3";
+    } else if (c->msg.binary && !c->raw && c->msg.body_strict) {
+        why = "no-binarymime";
         enh = "5.6.3";
     } else if (c->need_utf8 && !c->ext.smtputf8) {
         why = "no-smtputf8";
@@ -726,7 +810,18 @@ int cmtp_smtpc_body(struct cmtp_smtpc *c, const uint8_t *in, size_t len, size_t 
     *consumed = 0;
     if (c->st != S_BODY)
         return -EINVAL;
+    if (in == NULL)
+        len = 0;
+    if (c->bdat && !c->chunk_open && (len == 0 || !chunk_begin(c, len)))
+        return 0;
     size_t room = out_room(c);
+    if (c->raw) {
+        size_t n = len < room ? len : room;
+        memcpy(c->out + c->out_tail, in, n);
+        c->out_tail += n;
+        *consumed = n;
+        return 0;
+    }
     c->out_tail += cmtp_dotstuff_encode(&c->ds, in, len, consumed, c->out + c->out_tail, room);
     return 0;
 }
@@ -735,6 +830,17 @@ int cmtp_smtpc_body_end(struct cmtp_smtpc *c)
 {
     if (c->st != S_BODY)
         return -EINVAL;
+    if (c->bdat) {
+        if (!c->chunk_open) {
+            if (!chunk_room_ok(c))
+                return -EAGAIN;
+            if (!chunk_begin(c, 0))
+                return -ENOBUFS;
+        }
+        chunk_close(c, true);
+        c->st = S_TXN;
+        return 0;
+    }
     size_t room = out_room(c);
     int n = cmtp_dotstuff_finish(&c->ds, c->out + c->out_tail, room);
     if (n < 0)
@@ -838,6 +944,8 @@ static void ehlo_line(struct cmtp_smtpc *c, const char *s, size_t n, bool first)
         x->smtputf8 = true;
     } else if (KW("CHUNKING")) {
         x->chunking = true;
+    } else if (KW("BINARYMIME")) {
+        x->binarymime = true;
     } else if (KW("ENHANCEDSTATUSCODES")) {
         x->enhancedstatuscodes = true;
     } else if (KW("SIZE")) {
@@ -899,6 +1007,23 @@ static int on_dot_reply(struct cmtp_smtpc *c, struct cmd *h, unsigned code,
         c->dot_done = true;
     }
     return report_now(c, i, class_result(code), CMTP_SMTPC_STAGE_DOT, ev);
+}
+
+/* bdat_body_ready starts a BDAT transaction's body once every envelope command was answered: the
+ * body is sent when a recipient was accepted (BODY_READY), else the transaction ends without it.
+ */
+static void bdat_body_ready(struct cmtp_smtpc *c)
+{
+    if (!c->bdat || c->st != S_TXN || !c->txn_started || c->done_queued || c->data_gen ||
+        !c->mail_gen || c->rcpt_gen < c->msg.nrcpt || c->txn_inflight > 0)
+        return;
+    c->data_gen = true;
+    if (c->accepted == 0)
+        return;
+    c->st = S_BODY;
+    if (!c->raw)
+        cmtp_dotstuff_init_canon(&c->ds);
+    push(c, CMTP_SMTPC_BODY_READY);
 }
 
 static int on_reply(struct cmtp_smtpc *c, struct cmtp_smtpc_event *ev)
@@ -1007,6 +1132,19 @@ static int on_reply(struct cmtp_smtpc *c, struct cmtp_smtpc_event *ev)
         if (e != EV_CONTINUE)
             return e;
         break;
+    case K_BDAT:
+        fifo_pop(c);
+        if (cls != 2) {
+            /* The transaction failed with a chunk (RFC 3030 4.2): its recipients take this
+             * reply, and the session ends, rather than waiting for the replies to the chunks
+             * still in the pipe. */
+            reply_why(&c->w[W_DATA], &c->cur, CMTP_SMTPC_STAGE_DATA);
+            decide_all(c, true, class_result(code), W_DATA);
+            reply_why(&w, &c->cur, CMTP_SMTPC_STAGE_SESSION);
+            terminal(c, CMTP_SMTPC_CLOSED, &w);
+            return pop(c, ev);
+        }
+        break;
     case K_DOT:
         e = on_dot_reply(c, h, code, ev);
         if (c->st == S_ERROR)
@@ -1024,6 +1162,7 @@ static int on_reply(struct cmtp_smtpc *c, struct cmtp_smtpc_event *ev)
     default:
         return protocol_error(c, ev, "unexpected-reply");
     }
+    bdat_body_ready(c);
     maybe_done(c);
     if (e != EV_CONTINUE)
         return e;

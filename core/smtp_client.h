@@ -55,6 +55,7 @@ struct cmtp_smtpc_config {
     enum cmtp_smtpc_tls tls;
     bool tls_active;    /* the connection is already encrypted (implicit TLS): no STARTTLS */
     bool no_pipelining; /* never pipeline, even when the server advertises PIPELINING */
+    bool no_chunking;   /* never BDAT, even when the server advertises CHUNKING */
     const char *helo;   /* our name for EHLO/LHLO/HELO (copied): 1..255 printable ASCII octets
                            without SP; NULL means "localhost" */
 };
@@ -64,7 +65,8 @@ struct cmtp_smtpc_config {
 struct cmtp_smtpc_ext {
     char host[CMTP_SMTPC_HELO_MAX + 1]; /* first word of the reply, sanitized */
     bool esmtp;                         /* EHLO/LHLO accepted (false: HELO) */
-    bool pipelining, starttls, eightbitmime, smtputf8, chunking, enhancedstatuscodes, size;
+    bool pipelining, starttls, eightbitmime, smtputf8, chunking, binarymime, enhancedstatuscodes,
+        size;
     uint64_t size_max; /* SIZE's argument; 0 when none or 0 (no limit) */
 };
 
@@ -76,6 +78,14 @@ struct cmtp_smtpc_msg {
     size_t nrcpt;                  /* 1..CMTP_RCPT_MAX_HARD */
     uint64_t size;                 /* body octets for SIZE= (0: unknown, not announced) */
     bool eight_bit;                /* the body has octets >= 0x80: BODY=8BITMIME is needed */
+    bool binary;                   /* the body has a NUL, a bare CR or a bare LF
+                                      (cmtp_body_scan_binary): it goes unaltered only as
+                                      BODY=BINARYMIME in BDAT chunks; false when not scanned */
+    bool body_strict;              /* the body must arrive unaltered (SMTP fallback, PROTOCOL.md
+                                      14): a |binary| body needs CHUNKING and BINARYMIME, and a
+                                      server without them fails every recipient permanently
+                                      ("no-binarymime") instead of receiving canonicalized line
+                                      endings */
     bool smtputf8;                 /* the header has UTF-8: SMTPUTF8 is needed (it is also
                                       needed, and set by the client, for a non-ASCII address) */
 };
@@ -96,7 +106,8 @@ enum cmtp_smtpc_ev {
      * ev->enhanced, ev->text; ev->local and ev->status when decided without a server reply).
      * Exactly one per recipient of the transaction. */
     CMTP_SMTPC_RCPT_RESULT,
-    /* The server answered 354 to DATA: stream the body with cmtp_smtpc_body, then
+    /* The body may be sent: the server answered 354 to DATA or, with CHUNKING, every RCPT was
+     * answered and one was accepted. Stream the body with cmtp_smtpc_body, then
      * cmtp_smtpc_body_end. */
     CMTP_SMTPC_BODY_READY,
     /* The transaction is over: every recipient had its RCPT_RESULT (ev->delivered, ev->temp,
@@ -123,11 +134,12 @@ enum cmtp_smtpc_result {
 /* cmtp_smtpc_stage says which step decided a result. */
 enum cmtp_smtpc_stage {
     CMTP_SMTPC_STAGE_SESSION = 0, /* greeting, EHLO, STARTTLS, RSET, connection, 421 */
-    CMTP_SMTPC_STAGE_LOCAL,       /* the client itself (SIZE, 8BITMIME, SMTPUTF8 missing) */
+    CMTP_SMTPC_STAGE_LOCAL,       /* the client itself (SIZE, 8BITMIME, SMTPUTF8, BINARYMIME
+                                     missing) */
     CMTP_SMTPC_STAGE_MAIL,        /* the reply to MAIL FROM */
     CMTP_SMTPC_STAGE_RCPT,        /* the reply to RCPT TO */
-    CMTP_SMTPC_STAGE_DATA,        /* the reply to DATA */
-    CMTP_SMTPC_STAGE_DOT,         /* the reply after the body's final dot */
+    CMTP_SMTPC_STAGE_DATA,        /* the reply to DATA, or to a BDAT chunk before the last */
+    CMTP_SMTPC_STAGE_DOT,         /* the reply after the body's final dot (or BDAT LAST) */
 };
 
 /* cmtp_smtpc_event carries an event's data. Strings are owned by the client, valid until the
@@ -188,10 +200,19 @@ void cmtp_smtpc_output_consume(struct cmtp_smtpc *c, size_t n);
 /* cmtp_smtpc_begin starts the delivery of |msg| (copied; what it points to stays the caller's,
  * see cmtp_smtpc_msg). It may be called before READY (the transaction starts when the session is
  * ready) or after READY/DONE. MAIL FROM gets SIZE= when the server announced SIZE and
- * |msg->size| > 0, BODY=8BITMIME when |msg->eight_bit|, SMTPUTF8 when needed. A message the
- * server announced it cannot take (SIZE above its limit; 8-bit body without 8BITMIME; UTF-8
- * without SMTPUTF8) is not sent: every recipient gets a local PERM result ("too-big",
- * "no-8bitmime", "no-smtputf8"; the body is never altered to fit). Returns 0, -EINVAL when a
+ * |msg->size| > 0, BODY=BINARYMIME when |msg->binary| and the server announced CHUNKING and
+ * BINARYMIME, else BODY=8BITMIME when |msg->eight_bit|, SMTPUTF8 when needed.
+ *
+ * The body goes in BDAT chunks (RFC 3030) when the server announced CHUNKING (unless
+ * |no_chunking|): octet for octet with BINARYMIME, else with line endings canonicalized and no
+ * dot-stuffing (cmtp_dotstuff_init_canon); without CHUNKING, after DATA, dot-stuffed and
+ * canonicalized (core/dotstuff.h). A binary body that cannot go as BINARYMIME is thus
+ * canonicalized, or refused under |msg->body_strict|.
+ *
+ * A message the server announced it cannot take (SIZE above its limit; 8-bit body without
+ * 8BITMIME; UTF-8 without SMTPUTF8; under |body_strict|, a binary body without CHUNKING and
+ * BINARYMIME) is not sent: every recipient gets a local PERM result ("too-big", "no-8bitmime",
+ * "no-smtputf8", "no-binarymime"; the body is never altered to fit). Returns 0, -EINVAL when a
  * transaction is already open, the session is closing, or |msg| is invalid (no recipient, a null
  * recipient, NULL pointers), -ENOMEM on allocation failure. */
 int cmtp_smtpc_begin(struct cmtp_smtpc *c, const struct cmtp_smtpc_msg *msg);
@@ -201,15 +222,20 @@ int cmtp_smtpc_begin(struct cmtp_smtpc *c, const struct cmtp_smtpc_msg *msg);
  * handshake was asked for. */
 int cmtp_smtpc_tls_done(struct cmtp_smtpc *c);
 
-/* cmtp_smtpc_body encodes body octets |in| (|len|) into the output after BODY_READY (dot-stuffed,
- * line endings canonicalized to CRLF as core/dotstuff.h documents) and sets |*consumed| to the
- * octets taken: as many as fit, so send the output and call again with the rest. Returns 0, or
- * -EINVAL outside the body phase. */
+/* cmtp_smtpc_body encodes body octets |in| (|len|) into the output after BODY_READY (as
+ * cmtp_smtpc_begin says: dot-stuffed after DATA, framed as BDAT chunks with CHUNKING) and sets
+ * |*consumed| to the octets taken: as many as fit, so send the output and call again with the
+ * rest. With CHUNKING, octets wait in an open chunk that cmtp_smtpc_output or
+ * cmtp_smtpc_body_end closes; none are taken while the output is nearly full or, without
+ * PIPELINING, while the previous chunk's reply is awaited (feed the reply, then call again).
+ * Returns 0, or -EINVAL outside the body phase. */
 int cmtp_smtpc_body(struct cmtp_smtpc *c, const uint8_t *in, size_t len, size_t *consumed);
 
-/* cmtp_smtpc_body_end ends the body (a missing final CRLF is added, then ".\r\n"); the results
+/* cmtp_smtpc_body_end ends the body: after DATA a missing final CRLF is added, then ".\r\n";
+ * with CHUNKING the open chunk becomes `BDAT n LAST` (or `BDAT 0 LAST` is sent). The results
  * follow as RCPT_RESULT events, then DONE. Returns 0, -ENOBUFS when the output is too full (send
- * it first), or -EINVAL outside the body phase. */
+ * it first), -EAGAIN without PIPELINING while a chunk's reply is awaited (feed it first), or
+ * -EINVAL outside the body phase. */
 int cmtp_smtpc_body_end(struct cmtp_smtpc *c);
 
 /* cmtp_smtpc_quit queues QUIT (READY only); CLOSED follows the server's reply. Returns 0,

@@ -36,8 +36,10 @@
 #define SM_READ_MAX 16384
 
 static void sm_body_chunk(struct dl_job *j, int err);
-static void sm_begin(struct dl_job *j, bool eight_bit);
+static void sm_begin(struct dl_job *j, bool eight_bit, bool binary);
 static void sm_prescan_chunk(struct dl_job *j, int err);
+static void sm_events(struct dl_job *j, const uint8_t *in, size_t len);
+static bool sm_after_input(struct dl_job *j);
 
 /* sm_name is the protocol's name for reasons and logs. */
 static const char *sm_name(const struct dl_job *j)
@@ -78,11 +80,16 @@ static void sm_ready(struct dl_job *j, const struct cmtp_smtpc_ext *ext)
 {
     if (j->begun || j->prescan)
         return;
-    if (ext != NULL && ext->eightbitmime) {
+    /* The body is read once before MAIL FROM only when what it holds decides the transaction:
+     * without 8BITMIME an 8-bit body cannot go; with CHUNKING and BINARYMIME a binary body goes
+     * unaltered; a fallback may not alter it (PROTOCOL.md 14), so a binary body needs both. */
+    bool chunking = ext != NULL && ext->chunking && j->dl->w->cfg->c.delivery.chunking;
+    bool scan =
+        ext == NULL || !ext->eightbitmime || j->smtp_fallback || (chunking && ext->binarymime);
+    if (!scan) {
         /* BODY=8BITMIME is harmless for a 7-bit body: no need to read it twice. */
-        sm_begin(j, true);
+        sm_begin(j, true, false);
     } else {
-        /* Without 8BITMIME an 8-bit body cannot go: find out before MAIL FROM. */
         int r;
         j->prescan = true;
         memset(&j->scan, 0, sizeof(j->scan));
@@ -92,15 +99,18 @@ static void sm_ready(struct dl_job *j, const struct cmtp_smtpc_ext *ext)
     }
 }
 
-/* sm_begin starts the transaction once the server's extensions are known. */
-static void sm_begin(struct dl_job *j, bool eight_bit)
+/* sm_begin starts the transaction once the server's extensions are known; |binary|: the body was
+ * scanned and has a NUL, a bare CR or a bare LF. */
+static void sm_begin(struct dl_job *j, bool eight_bit, bool binary)
 {
     j->msg.from = &j->rec->env.from;
     j->msg.rcpts = j->addr;
     j->msg.nrcpt = j->n_tr;
     j->msg.size = j->rec->env.size + j->trace_len;
     j->msg.eight_bit = eight_bit;
-    j->msg.smtputf8 = false; /* the client adds it for a UTF-8 address */
+    j->msg.binary = binary;
+    j->msg.body_strict = j->smtp_fallback; /* PROTOCOL.md 14: a fallback never alters the body */
+    j->msg.smtputf8 = false;               /* the client adds it for a UTF-8 address */
     if (cmtp_smtpc_begin(j->sc, &j->msg) < 0) {
         char why[QUEUE_REASON_MAX];
         cmtpd_delivery_why(why, sizeof(why), "%s: cannot begin the transaction", sm_name(j));
@@ -129,7 +139,14 @@ static void sm_prescan_chunk(struct dl_job *j, int err)
     cmtp_dotstuff_scan_end(&j->scan);
     cmtpd_delivery_body_rewind(j);
     j->prescan = false;
-    sm_begin(j, j->scan.eight_bit);
+    sm_begin(j, j->scan.eight_bit, cmtp_body_scan_binary(&j->scan));
+    if (j->finishing)
+        return;
+    /* Results the client decided by itself (a body the server cannot take: no-8bitmime,
+     * no-binarymime) wait for no server octet: collect them now. */
+    sm_events(j, NULL, 0);
+    if (j->finishing || sm_after_input(j))
+        return;
     cmtpd_delivery_smtp_pump(j);
 }
 
@@ -702,6 +719,7 @@ void cmtpd_delivery_smtp_on_connect(struct dl_job *j, int res)
         /* LMTP: the store is local (loopback or a Unix socket). */
         .tls = j->tr == DL_TR_LMTP ? CMTP_SMTPC_TLS_NONE : j->smtp_tls_mode,
         .helo = j->dl->w->d->hostname,
+        .no_chunking = !j->dl->w->cfg->c.delivery.chunking,
     };
     j->sc = cmtp_smtpc_new(&sc);
     if (j->sc == NULL) {

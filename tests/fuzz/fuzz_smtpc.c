@@ -1,8 +1,8 @@
 /* tests/fuzz/fuzz_smtpc.c — libFuzzer target for the SMTP/LMTP delivery client: arbitrary server
  * octets split at fuzzer-chosen points; every recipient of every transaction gets exactly one
- * result, texts stay sanitized, and the client always ends. (The outcome may depend on the split:
- * a reply that arrives before its command was generated is a protocol error in one read and an
- * answer in another; both are safe.) */
+ * result, texts stay sanitized, and the client always ends (DATA and BDAT bodies alike). (The
+ * outcome may depend on the split: a reply that arrives before its command was generated is a
+ * protocol error in one read and an answer in another; both are safe.) */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,8 +60,8 @@ static void drain(struct run *R)
     }
 }
 
-static void run_once(struct run *R, const struct cmtp_smtpc_config *cfg, const uint8_t *data,
-                     size_t size, const uint8_t *steps, size_t nsteps)
+static void run_once(struct run *R, const struct cmtp_smtpc_config *cfg, bool binary, bool strict,
+                     const uint8_t *data, size_t size, const uint8_t *steps, size_t nsteps)
 {
     struct cmtp_addr from, rcpts[NRCPT];
     memset(R, 0, sizeof(*R));
@@ -74,8 +74,13 @@ static void run_once(struct run *R, const struct cmtp_smtpc_config *cfg, const u
         s[2] = (char)('0' + i);
         CHECK(cmtp_addr_parse(&rcpts[i], s, sizeof(s) - 1, 0) == CMTP_ADDR_OK);
     }
-    struct cmtp_smtpc_msg msg = {
-        .from = &from, .rcpts = rcpts, .nrcpt = NRCPT, .size = 30, .eight_bit = false};
+    struct cmtp_smtpc_msg msg = {.from = &from,
+                                 .rcpts = rcpts,
+                                 .nrcpt = NRCPT,
+                                 .size = 30,
+                                 .eight_bit = false,
+                                 .binary = binary,
+                                 .body_strict = strict};
     CHECK(cmtp_smtpc_begin(R->c, &msg) == 0);
     size_t pos = 0, k = 0;
     bool eof = false;
@@ -160,11 +165,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    /* byte 0: mode, TLS policy, pipelining; byte 1: number of split-step bytes */
+    /* byte 0: mode, TLS policy, pipelining, chunking off, strict body, binary body; byte 1:
+     * number of split-step bytes */
     struct cmtp_smtpc_config cfg = {.helo = "c.example"};
     cfg.mode = (data[0] & 1) ? CMTP_SMTPC_LMTP : CMTP_SMTPC_SMTP;
     cfg.tls = (enum cmtp_smtpc_tls)((data[0] >> 1) % 3);
     cfg.no_pipelining = (data[0] & 8) != 0;
+    cfg.no_chunking = (data[0] & 16) != 0;
+    bool strict = (data[0] & 32) != 0;
+    bool binary = (data[0] & 64) != 0;
     size_t nsteps = data[1] % 16;
     if (size < 2 + nsteps)
         return 0;
@@ -172,8 +181,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data += 2 + nsteps;
     size -= 2 + nsteps;
     struct run r;
-    run_once(&r, &cfg, data, size, NULL, 0);
+    run_once(&r, &cfg, binary, strict, data, size, NULL, 0);
     if (nsteps > 0)
-        run_once(&r, &cfg, data, size, steps, nsteps);
+        run_once(&r, &cfg, binary, strict, data, size, steps, nsteps);
     return 0;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/integration/test_delivery.sh — the delivery engine against real peers: Maildir, LMTP into
 # Dovecot and into a scripted LMTP server (4xx then 2xx, 5xx and its status report, no report
-# about a report), a CMTP relay between two cmtpd instances (trace, policy refusals, a
+# about a report; BDAT and BINARYMIME: a binary body arrives octet for octet), a CMTP relay between two cmtpd instances (trace, policy refusals, a
 # relay-refused report), and kill -9 of the delivering cmtpd (taken over after the lease).
 source "$(dirname "$0")/lib.sh"
 
@@ -95,10 +95,13 @@ print("ok" if got == want and hops == list(range(1, len(r) + 1)) else "got %r" %
 # The peers: m (Maildir), l (LMTP over TCP to the scripted server), v (LMTP over Dovecot's Unix
 # socket), a and b (relay).
 PM=$(free_port) PS=$(free_port) PL=$(free_port) PD=$(free_port) PV=$(free_port)
-PA=$(free_port) PB=$(free_port) PF=$(free_port) PG=$(free_port)
+PA=$(free_port) PB=$(free_port) PF=$(free_port) PG=$(free_port) PK=$(free_port) PC=$(free_port)
 conf m "$PM" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' "maildir = $T/maildir-m"
 conf l "$PL" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' 'mode = lmtp' \
   "lmtp = 127.0.0.1:$PS" 'retry_base = 1s' 'retry_max = 2s'
+# k: LMTP to a scripted server that offers CHUNKING and BINARYMIME.
+conf k "$PK" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' 'mode = lmtp' \
+  "lmtp = 127.0.0.1:$PC"
 conf v "$PV" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' 'mode = lmtp' \
   "lmtp = unix:$T/dovecot/run/lmtp"
 conf b "$PB" mx.b.test "$T/tlsb" "" '[delivery]' 'local_domains = b.test' "maildir = $T/maildir-b" \
@@ -115,11 +118,15 @@ conf g "$PG" front.b.test "$T/tlsb" "$T/tlsb/ca.crt" '[delivery]' 'local_domains
 mkdir -p "$T/sink"
 python3 "$TOP/tests/integration/lmtp_sink.py" "$PS" "$T/sink" 2>"$T/sink.err" &
 PIDS+=("$!")
+mkdir -p "$T/sinkc"
+python3 "$TOP/tests/integration/lmtp_sink.py" "$PC" "$T/sinkc" --chunking 2>"$T/sinkc.err" &
+PIDS+=("$!")
 DOVECOT=1
 start_dovecot "$T/dovecot" "$PD" || DOVECOT=0 # it delivers as nobody: needs root (and dovecot-lmtpd)
-for n in m l v b a f g; do launch $n; done
-for n in m l v b a f g; do await $n; done
+for n in m l v b a f g k; do launch $n; done
+for n in m l v b a f g k; do await $n; done
 wait_for test -f "$T/sink/ready" || bad "lmtp sink starts"
+wait_for test -f "$T/sinkc/ready" || bad "lmtp sink with CHUNKING starts"
 
 # ---------------------------------------------------------------------------------------------
 # 1. Maildir: the embedded default.
@@ -170,6 +177,32 @@ check "lmtp: every message (and the report) is removed" poll 8 no_envs l
   "$T/m-bin" >/dev/null
 check "lmtp: a failed report is dropped, not reported" poll 8 grep -q 'event=report-dropped' "$T/l.log"
 check "lmtp: nothing is left in Redis after it" poll 8 no_envs l
+
+# ---------------------------------------------------------------------------------------------
+# 2b. LMTP with CHUNKING and BINARYMIME (RFC 3030): a binary body (NUL, bare CR, bare LF, a
+# "CRLF . CRLF" inside, an unterminated last line) goes as BODY=BINARYMIME in BDAT, octet for
+# octet; a text body goes in BDAT too, without BINARYMIME and without dot-stuffing.
+printf 'Subject: raw\r\n\r\n\000nul\rcr\nlf\r\n.\r\n..\r\nQUIT\r\n\377\376end' >"$T/m-raw"
+"${SEND[@]}" --ca "$T/tlsb/ca.crt" -s "127.0.0.1:$PK" -n b.test -f sender@b.test -t raw@b.test \
+  -t perm-r@b.test "$T/m-raw" >"$T/k.out"
+check "bdat: accepted" grep -q '^accepted id=' "$T/k.out"
+check "bdat: delivered to raw@" poll 5 bash -c "ls '$T/sinkc' | grep -q 'msg-.*-raw@b.test'"
+f=$(ls "$T/sinkc"/msg-*-raw@b.test 2>/dev/null | head -1)
+split_trace "$f" "$T/x-k"
+check "bdat: the binary body arrives octet for octet" cmp -s "$T/x-k/rest" "$T/m-raw"
+check "bdat: one CMTP-Trace field, this hop final" records_are "$T/x-k" mx.b.test:final
+check "bdat: MAIL FROM says BODY=BINARYMIME" grep -q '^mail MAIL FROM:<sender@b.test> .*BODY=BINARYMIME' "$T/sinkc/log"
+check "bdat: the body went as BDAT LAST, no DATA" bash -c "grep -q '^bdat [0-9]* last' '$T/sinkc/log' && ! grep -q '^data' '$T/sinkc/log'"
+check "bdat: the refused recipient is bounced" poll 5 grep -q 'event=bounced.*rcpt=perm-r@b.test.*550 5.1.1' "$T/k.log"
+check "bdat: its status report reaches the originator" poll 8 bash -c "ls '$T/sinkc' | grep -q 'msg-.*-sender@b.test'"
+"${SEND[@]}" --ca "$T/tlsb/ca.crt" -s "127.0.0.1:$PK" -n b.test -f a@a.test -t text@b.test \
+  "$T/m-txt" >/dev/null
+check "bdat: a text body is delivered" poll 5 bash -c "ls '$T/sinkc' | grep -q 'msg-.*-text@b.test'"
+f=$(ls "$T/sinkc"/msg-*-text@b.test 2>/dev/null | head -1)
+split_trace "$f" "$T/x-kt"
+check "bdat: the text body arrives unstuffed and exact" cmp -s "$T/x-kt/rest" "$T/m-txt"
+check "bdat: the text body had no BODY=BINARYMIME" bash -c "grep '^mail MAIL FROM:<a@a.test>' '$T/sinkc/log' | tail -1 | grep -vq BINARYMIME"
+check "bdat: everything is removed from Redis" poll 8 no_envs k
 
 # ---------------------------------------------------------------------------------------------
 # 3. LMTP into Dovecot over its Unix socket (a private instance: static userdb, Maildir in

@@ -11,7 +11,8 @@
 #   e.test  SRV prio 10 refuses, prio 15 (IPv6 only, ::1) refuses, prio 20 is B
 #                                                        delivered by the third host
 #   f.test  SERVFAIL                                     deferred (dns-tempfail)
-#   g.test  SRV "." and FALLBACK=smtp                    SMTP to the sink, fallback recorded
+#   g.test  SRV "." and FALLBACK=smtp                    SMTP to the sink, fallback recorded;
+#                                                        a binary body: no-binarymime
 #   h.test  SRV "." and FALLBACK=smtp-verified, the sink's certificate does not name h.test
 #                                                        deferred, never plaintext
 #   i.test  like h.test, the certificate names i.test    SMTP, verified
@@ -198,6 +199,13 @@ check "g.test: the fallback record (host, level, protection)" \
 check "g.test: logged delivered over smtp" poll 5 grep -q 'event=delivered.*rcpt=gus@g.test.*transport=smtp' "$T/a.log"
 f=$(ls "$T/sink"/msg-*-gus@g.test 2>/dev/null | head -1)
 check "g.test: no CMTP-Trace field in the fallback copy" bash -c "[ -n '$f' ] && ! grep -q '^CMTP-Trace' '$f'"
+# A fallback never alters the body (PROTOCOL.md 14): a binary one (bare LF, NUL) needs CHUNKING
+# and BINARYMIME, which the sink does not offer: a permanent failure, nothing sent.
+printf 'Subject: raw\r\n\r\nbare\nlf \000\r\n' >"$T/m-raw"
+"${SEND[@]}" -f alice@a.test -t bin@g.test --fallback smtp "$T/m-raw" >/dev/null
+check "g.test: a binary body without BINARYMIME is bounced (no-binarymime)" \
+  poll 10 grep -q 'event=bounced.*rcpt=bin@g.test.*no-binarymime' "$T/a.log"
+check "g.test: nothing of the binary body reached the sink" has_sink bin@g.test 0
 
 send -t hal@h.test --fallback smtp-verified >/dev/null
 check "h.test: smtp-verified with a certificate for another name is deferred" \

@@ -71,6 +71,11 @@ static void test_smtp_keys(void **state)
     assert_int_equal(c->delivery.smtp_starttls, CMTP_SMTPC_TLS_MAY);
     assert_false(c->delivery.smtp_tls_verify);
     assert_string_equal(c->delivery.smtp_tls_name, "");
+    assert_true(c->delivery.chunking);
+    assert_int_equal(apply(c, "[delivery]\nchunking = no\n", err), 0);
+    assert_false(c->delivery.chunking);
+    assert_int_equal(apply(c, "[delivery]\nchunking = yes\n", err), 0);
+    assert_true(c->delivery.chunking);
 
     /* an IP endpoint, require, verified for a name given apart */
     assert_int_equal(apply(c,
@@ -104,6 +109,7 @@ static void test_smtp_keys(void **state)
     refused(c, "[delivery]\nsmtp_starttls = sometimes\n", "use none, may or require");
     refused(c, "[delivery]\nsmtp_starttls = sometimes\n", "smtp_starttls");
     refused(c, "[delivery]\nsmtp_tls_verify = perhaps\n", "smtp_tls_verify");
+    refused(c, "[delivery]\nchunking = sometimes\n", "chunking");
     refused(c, "[delivery]\nsmtp = 192.0.2.7\n", "missing :port");
     refused(c, "[delivery]\nsmtp = 192.0.2.7:0\n", "port must be 1..65535");
     refused(c, "[delivery]\nsmtp_tls_name = -bad-.example\n", "smtp_tls_name");

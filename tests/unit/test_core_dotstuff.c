@@ -390,6 +390,69 @@ static void test_scan(void **state)
     assert_int_equal(s7.line_max, 5);
 }
 
+/* Canonicalization only (BDAT without BINARYMIME): the output is canon() without the CRLF it adds
+ * to an unterminated last line, no dot doubled, whatever the splits; finish is refused. */
+static void test_canon_mode(void **state)
+{
+    (void)state;
+    static const uint8_t alpha[] = {'.', '\r', '\n', 'a', 0, 0xff, '.', '\r', '\n', ' '};
+    uint32_t seed = 777;
+    uint8_t body[400], tmp[64];
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = rng_next(&seed) % sizeof(body);
+        for (size_t i = 0; i < n; i++)
+            body[i] = alpha[rng_next(&seed) % sizeof(alpha)];
+        struct buf want = {0}, got = {0};
+        canon(&want, body, n);
+        /* canon() ended an unterminated last line; the chunked body keeps it unterminated. */
+        if (n > 0 && body[n - 1] != '\r' && body[n - 1] != '\n')
+            want.len -= 2;
+        struct cmtp_dotstuff d;
+        cmtp_dotstuff_init_canon(&d);
+        size_t off = 0;
+        while (off < n) {
+            size_t step = 1 + rng_next(&seed) % 50, used = 0;
+            if (step > n - off)
+                step = n - off;
+            size_t room = 2 + rng_next(&seed) % (sizeof(tmp) - 1);
+            size_t w = cmtp_dotstuff_encode(&d, body + off, step, &used, tmp, room);
+            assert_true(used >= 1 && w <= room);
+            buf_put(&got, tmp, w);
+            off += used;
+        }
+        assert_int_equal(got.len, want.len);
+        if (want.len > 0)
+            assert_memory_equal(got.p, want.p, want.len);
+        assert_int_equal(cmtp_dotstuff_finish(&d, tmp, sizeof(tmp)), -EINVAL);
+        buf_free(&want);
+        buf_free(&got);
+    }
+    /* A body already in CRLF form passes unchanged, dot lines included. */
+    static const char crlf[] = "a\r\n.\r\n..\r\n.b";
+    struct cmtp_dotstuff d;
+    size_t used;
+    cmtp_dotstuff_init_canon(&d);
+    assert_int_equal(cmtp_dotstuff_encode(&d, (const uint8_t *)crlf, 13, &used, tmp, sizeof(tmp)),
+                     13);
+    assert_int_equal(used, 13);
+    assert_memory_equal(tmp, crlf, 13);
+    /* cmtp_body_scan_binary: NUL, bare CR, bare LF. */
+    static const char *bins[] = {"a\0b", "a\rb", "a\nb", "a\r"};
+    static const size_t blen[] = {3, 3, 3, 2};
+    for (size_t i = 0; i < 4; i++) {
+        struct cmtp_body_scan sc;
+        memset(&sc, 0, sizeof(sc));
+        cmtp_dotstuff_scan(&sc, (const uint8_t *)bins[i], blen[i]);
+        cmtp_dotstuff_scan_end(&sc);
+        assert_true(cmtp_body_scan_binary(&sc));
+    }
+    struct cmtp_body_scan text;
+    memset(&text, 0, sizeof(text));
+    cmtp_dotstuff_scan(&text, (const uint8_t *)"x\xc3\xa9\r\n.\r\n", 8);
+    cmtp_dotstuff_scan_end(&text);
+    assert_false(cmtp_body_scan_binary(&text));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_long_lines),
         cmocka_unit_test(test_api_limits),
         cmocka_unit_test(test_scan),
+        cmocka_unit_test(test_canon_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

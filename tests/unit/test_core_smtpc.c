@@ -1,6 +1,6 @@
 /* tests/unit/test_core_smtpc.c — the SMTP/LMTP delivery client against scripted servers: every
  * reply class, multi-line replies, pipelining, STARTTLS, LMTP per-recipient results, malformed
- * replies, 421 and dropped connections. No sockets. */
+ * replies, 421 and dropped connections, CHUNKING (BDAT) and BINARYMIME. No sockets. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -59,6 +59,17 @@ static struct h *h_new(enum cmtp_smtpc_mode mode, enum cmtp_smtpc_tls tls, bool 
     return h;
 }
 
+/* h_new_cfg is h_new with a whole configuration (|cfg->helo| is set here). */
+static struct h *h_new_cfg(struct cmtp_smtpc_config cfg)
+{
+    struct h *h = h_new(cfg.mode, cfg.tls, cfg.no_pipelining);
+    cmtp_smtpc_free(h->c);
+    cfg.helo = "relay.a.test";
+    h->c = cmtp_smtpc_new(&cfg);
+    assert_non_null(h->c);
+    return h;
+}
+
 static void h_free(struct h *h)
 {
     cmtp_smtpc_free(h->c);
@@ -101,7 +112,8 @@ static void stream_body(struct h *h)
         size_t step = h->body_len - off < 1000 ? h->body_len - off : 1000;
         assert_int_equal(cmtp_smtpc_body(h->c, (const uint8_t *)h->body + off, step, &used), 0);
         off += used;
-        drain(h);
+        if (used < step)
+            drain(h); /* the output is full: send it (as a delivery agent does) */
     }
     assert_int_equal(cmtp_smtpc_body_end(h->c), 0);
     drain(h);
@@ -238,7 +250,7 @@ static void expect_no_more(struct h *h)
 
 #define EHLO_PLAIN "250-mx.b.test hello\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
 #define EHLO_PIPE                                                                                  \
-    "250-mx.b.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"          \
+    "250-mx.b.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"                          \
     "250-ENHANCEDSTATUSCODES\r\n250 SIZE 0\r\n"
 
 /* h_connect runs the greeting and EHLO (no pipelining advertised). */
@@ -1019,15 +1031,390 @@ static void test_api_misuse(void **state)
     h_free(h);
 }
 
+/* ---- CHUNKING ---- */
+
+/* h_quit ends a session that has no transaction open: QUIT, 221, CLOSED; then frees |h|. */
+static void h_quit(struct h *h)
+{
+    expect_no_more(h);
+    assert_int_equal(cmtp_smtpc_quit(h->c), 0);
+    drain(h);
+    assert_string_equal(sent_since(h), "QUIT\r\n");
+    srv(h, "221 2.0.0 bye\r\n");
+    expect_ev(h, CMTP_SMTPC_CLOSED);
+    expect_no_more(h);
+    h_free(h);
+}
+
+#define EHLO_CHUNK                                                                                 \
+    "250-mx.b.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 SIZE 0\r\n"
+#define EHLO_BINARY                                                                                \
+    "250-mx.b.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n250-BINARYMIME\r\n"        \
+    "250 SIZE 0\r\n"
+
+/* bdat_parse reads BDAT chunks from the |n| octets sent at |s|: their data goes to |out| (room
+ * |cap|, length in |*out_len|), the number of chunks is returned and |*last| tells whether the
+ * final one said LAST. Anything that is not a well-formed chunk fails the test. */
+static size_t bdat_parse(const char *s, size_t n, char *out, size_t cap, size_t *out_len,
+                         bool *last)
+{
+    size_t off = 0, chunks = 0;
+    *out_len = 0;
+    *last = false;
+    while (off < n) {
+        assert_false(*last);
+        assert_true(n - off > 7 && memcmp(s + off, "BDAT ", 5) == 0);
+        off += 5;
+        size_t len = 0, digits = 0;
+        while (off < n && s[off] >= '0' && s[off] <= '9') {
+            len = len * 10 + (size_t)(s[off++] - '0');
+            digits++;
+        }
+        assert_true(digits > 0 && digits <= 5);
+        if (n - off >= 5 && memcmp(s + off, " LAST", 5) == 0) {
+            *last = true;
+            off += 5;
+        }
+        assert_true(n - off >= 2 && s[off] == '\r' && s[off + 1] == '\n');
+        off += 2;
+        assert_true(n - off >= len && *out_len + len <= cap);
+        assert_true(len > 0 || *last);
+        memcpy(out + *out_len, s + off, len);
+        *out_len += len;
+        off += len;
+        chunks++;
+    }
+    return chunks;
+}
+
+static void test_bdat_smtp(void **state)
+{
+    (void)state;
+    struct h *h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+    h_connect(h, EHLO_CHUNK);
+    assert_true(cmtp_smtpc_ext(h->c)->chunking);
+    assert_false(cmtp_smtpc_ext(h->c)->binarymime);
+    h_rcpts(h, 2);
+    h->msg.size = 13;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    /* No DATA: the body follows the envelope's replies. */
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=13\r\n"
+                                       "RCPT TO:<r0@b.test>\r\nRCPT TO:<r1@b.test>\r\n");
+    /* A dot line is not stuffed and the unterminated last line stays so: a length-counted
+     * chunk has no terminator. */
+    h->body = "a\r\n.\r\n..\r\nb";
+    h->body_len = strlen(h->body);
+    srv(h, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+    assert_int_equal(cmtp_smtpc_state(h->c), CMTP_SMTPC_STATE_ENVELOPE);
+    srv(h, "550 5.1.1 no\r\n");
+    expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_RCPT, 550);
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_string_equal(sent_since(h), "BDAT 11 LAST\r\na\r\n.\r\n..\r\nb");
+    assert_int_equal(cmtp_smtpc_state(h->c), CMTP_SMTPC_STATE_END);
+    assert_int_equal(cmtp_smtpc_timeout_ms(h->c), 600000);
+    srv(h, "250 2.0.0 Ok: queued\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 1);
+
+    /* Bare CR and LF of a body not known to be binary are canonicalized, as after DATA. */
+    h_rcpts(h, 1);
+    h->msg.eight_bit = true;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h),
+                        "MAIL FROM:<alice@a.test> BODY=8BITMIME\r\nRCPT TO:<r0@b.test>\r\n");
+    h->body = "x\ny\rz\xc3\xa9";
+    h->body_len = strlen(h->body);
+    srv(h, "250 ok\r\n250 ok\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_string_equal(sent_since(h), "BDAT 9 LAST\r\nx\r\ny\r\nz\xc3\xa9");
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+
+    /* Every recipient refused: no body, and the next transaction starts with RSET. */
+    h_rcpts(h, 1);
+    h->msg.eight_bit = false;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\n");
+    srv(h, "250 ok\r\n450 4.2.1 later\r\n");
+    expect_result(h, 0, CMTP_SMTPC_TEMP, CMTP_SMTPC_STAGE_RCPT, 450);
+    expect_done(h, 0, 1, 0);
+    assert_string_equal(sent_since(h), "");
+    h_rcpts(h, 1);
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h),
+                        "RSET\r\nMAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\n");
+    h->body = "";
+    h->body_len = 0;
+    srv(h, "250 reset\r\n250 ok\r\n250 ok\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_string_equal(sent_since(h), "BDAT 0 LAST\r\n");
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+    h_quit(h);
+
+    /* The operator's no_chunking keeps DATA. */
+    h = h_new_cfg((struct cmtp_smtpc_config){.mode = CMTP_SMTPC_SMTP, .no_chunking = true});
+    h_connect(h, EHLO_CHUNK);
+    h_rcpts(h, 1);
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h),
+                        "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\nDATA\r\n");
+    h->body = ".x";
+    h->body_len = 2;
+    srv(h, "250 ok\r\n250 ok\r\n354 go\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_string_equal(sent_since(h), "..x\r\n.\r\n");
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+    h_quit(h);
+}
+
+static void test_bdat_binarymime(void **state)
+{
+    (void)state;
+    static const char bin[] = "Subject: b\r\n\r\n\x00\r.\r\n.\n\r\n.\r\nz\r";
+    const size_t bin_len = sizeof(bin) - 1;
+    char got[64];
+    size_t got_len;
+    bool last;
+
+    /* With BINARYMIME a binary body goes octet for octet. */
+    struct h *h = h_new(CMTP_SMTPC_LMTP, CMTP_SMTPC_TLS_NONE, false);
+    srv(h, "220 store ready\r\n");
+    assert_string_equal(sent_since(h), "LHLO relay.a.test\r\n");
+    srv(h, EHLO_BINARY);
+    expect_ev(h, CMTP_SMTPC_READY);
+    assert_true(cmtp_smtpc_ext(h->c)->binarymime);
+    h_rcpts(h, 3);
+    h->msg.binary = true;
+    h->msg.size = bin_len;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=28 BODY=BINARYMIME\r\n"
+                                       "RCPT TO:<r0@b.test>\r\nRCPT TO:<r1@b.test>\r\n"
+                                       "RCPT TO:<r2@b.test>\r\n");
+    h->body = bin;
+    h->body_len = bin_len;
+    size_t at = h->sent_len;
+    srv(h, "250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n");
+    expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_RCPT, 550);
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_int_equal(bdat_parse(h->sent + at, h->sent_len - at, got, sizeof(got), &got_len, &last),
+                     1);
+    assert_true(last);
+    assert_int_equal(got_len, bin_len);
+    assert_memory_equal(got, bin, bin_len);
+    h->mark = h->sent_len;
+    /* LMTP: one reply per accepted recipient after BDAT LAST. */
+    srv(h, "250 2.0.0 <r0@b.test> saved\r\n452 4.2.2 <r2@b.test> over quota\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_result(h, 2, CMTP_SMTPC_TEMP, CMTP_SMTPC_STAGE_DOT, 452);
+    expect_done(h, 1, 1, 1);
+    h_quit(h);
+
+    /* Without BINARYMIME a binary body is canonicalized and dot-stuffed after DATA... */
+    h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+    h_connect(h, EHLO_CHUNK);
+    h_rcpts(h, 1);
+    h->msg.binary = true;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h),
+                        "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\nDATA\r\n");
+    h->body = "a\nb";
+    h->body_len = 3;
+    srv(h, "250 ok\r\n250 ok\r\n354 go\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_string_equal(sent_since(h), "a\r\nb\r\n.\r\n");
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+    h_quit(h);
+
+    /* ... and refused where the body must not be altered (SMTP fallback). */
+    h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+    h_connect(h, EHLO_CHUNK);
+    h_rcpts(h, 2);
+    h->msg.binary = h->msg.body_strict = true;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    expect_result(h, 0, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_LOCAL, 0);
+    assert_string_equal(h->ev[h->evmark - 1].status, "no-binarymime");
+    assert_string_equal(h->ev[h->evmark - 1].enh, "5.6.3");
+    expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_LOCAL, 0);
+    expect_done(h, 0, 0, 2);
+    assert_string_equal(sent_since(h), "");
+    /* A text body goes, in BDAT. */
+    h_rcpts(h, 1);
+    h->msg.body_strict = true;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\n");
+    h->body = "t\r\n";
+    h->body_len = 3;
+    srv(h, "250 ok\r\n250 ok\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_string_equal(sent_since(h), "BDAT 3 LAST\r\nt\r\n");
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+    h_quit(h);
+
+    /* Strict, with BINARYMIME: accepted and raw; an 8-bit body needs no 8BITMIME then. */
+    h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+    h_connect(h, "250-mx.b.test\r\n250-CHUNKING\r\n250 BINARYMIME\r\n");
+    h_rcpts(h, 1);
+    h->msg.binary = h->msg.eight_bit = h->msg.body_strict = true;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> BODY=BINARYMIME\r\n");
+    srv(h, "250 ok\r\n");
+    assert_string_equal(sent_since(h), "RCPT TO:<r0@b.test>\r\n");
+    h->body = "\xff\n";
+    h->body_len = 2;
+    srv(h, "250 ok\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_memory_equal(sent_since(h), "BDAT 2 LAST\r\n\xff\n", 15);
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+    h_quit(h);
+}
+
+/* A large body goes in several chunks: pipelined, or one at a time without PIPELINING. */
+static void test_bdat_large(void **state)
+{
+    (void)state;
+    enum { BIG = 100000 };
+    char *body = malloc(BIG), *got = malloc(BIG + 1);
+    assert_non_null(body);
+    assert_non_null(got);
+    uint32_t x = 12345;
+    for (size_t i = 0; i < BIG; i++) {
+        x = x * 1103515245u + 12345u;
+        body[i] = (char)(x >> 24);
+    }
+    for (int pipe = 0; pipe < 2; pipe++) {
+        struct h *h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, !pipe);
+        h_connect(h, EHLO_BINARY);
+        h_rcpts(h, 1);
+        h->msg.binary = h->msg.eight_bit = true;
+        assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+        pending(h);
+        if (pipe) {
+            srv(h, "250 ok\r\n250 ok\r\n");
+        } else {
+            srv(h, "250 ok\r\n");
+            srv(h, "250 ok\r\n");
+        }
+        expect_ev(h, CMTP_SMTPC_BODY_READY);
+        (void)sent_since(h);
+        size_t at = h->sent_len, off = 0, replies = 0;
+        bool ended = false;
+        for (int guard = 0; guard < 10000 && !ended; guard++) {
+            size_t used = 0;
+            assert_int_equal(cmtp_smtpc_body(h->c, (const uint8_t *)body + off, BIG - off, &used),
+                             0);
+            off += used;
+            if (off == BIG) {
+                int r = cmtp_smtpc_body_end(h->c);
+                assert_true(r == 0 || (!pipe && r == -EAGAIN));
+                ended = r == 0;
+            }
+            drain(h);
+            if (!pipe && !ended) {
+                /* One chunk outstanding at a time: nothing more goes before its reply. */
+                assert_int_equal(
+                    cmtp_smtpc_body(h->c, (const uint8_t *)body + off, BIG - off, &used), 0);
+                assert_int_equal(used, 0);
+                assert_int_equal(cmtp_smtpc_body_end(h->c), -EAGAIN);
+                srv(h, "250 2.0.0 chunk ok\r\n");
+                replies++;
+            }
+        }
+        assert_true(ended);
+        size_t got_len;
+        bool last;
+        size_t chunks = bdat_parse(h->sent + at, h->sent_len - at, got, BIG, &got_len, &last);
+        assert_true(last);
+        assert_int_equal(got_len, BIG);
+        assert_memory_equal(got, body, BIG);
+        assert_true(chunks >= BIG / CMTP_SMTPC_OUT_MAX);
+        if (!pipe)
+            assert_int_equal(replies, chunks - 1);
+        h->mark = h->sent_len;
+        /* Pipelined: the replies to every chunk, then the LAST one's. */
+        for (size_t i = 0; pipe && i + 1 < chunks; i++)
+            srv(h, "250 ok\r\n");
+        assert_int_equal(cmtp_smtpc_state(h->c), CMTP_SMTPC_STATE_END);
+        srv(h, "250 2.0.0 queued\r\n");
+        expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+        expect_done(h, 1, 0, 0);
+        h_quit(h);
+    }
+    free(body);
+    free(got);
+}
+
+/* A chunk refused mid-body fails the accepted recipients with its reply and ends the session. */
+static void test_bdat_refused_chunk(void **state)
+{
+    (void)state;
+    enum { BIG = 40000 };
+    char *body = malloc(BIG);
+    assert_non_null(body);
+    memset(body, 'a', BIG);
+    struct h *h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+    h_connect(h, EHLO_CHUNK);
+    h_rcpts(h, 2);
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    srv(h, "250 ok\r\n250 ok\r\n250 ok\r\n");
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    size_t used;
+    assert_int_equal(cmtp_smtpc_body(h->c, (const uint8_t *)body, BIG, &used), 0);
+    assert_true(used > 0 && used < BIG);
+    drain(h);
+    srv(h, "552 5.3.4 message too big for this system\r\n");
+    expect_result(h, 0, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_DATA, 552);
+    assert_string_equal(h->ev[h->evmark - 1].enh, "5.3.4");
+    expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_DATA, 552);
+    expect_done(h, 0, 0, 2);
+    expect_ev(h, CMTP_SMTPC_CLOSED);
+    assert_int_equal(cmtp_smtpc_state(h->c), CMTP_SMTPC_STATE_CLOSED);
+    assert_int_equal(cmtp_smtpc_body(h->c, (const uint8_t *)body, BIG, &used), -EINVAL);
+    assert_int_equal(cmtp_smtpc_body_end(h->c), -EINVAL);
+    h_free(h);
+    free(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_smtp_one_at_a_time),     cmocka_unit_test(test_smtp_pipelining),
-        cmocka_unit_test(test_lmtp_per_recipient),     cmocka_unit_test(test_starttls),
-        cmocka_unit_test(test_reply_classes),          cmocka_unit_test(test_local_refusals),
-        cmocka_unit_test(test_multiline_and_enhanced), cmocka_unit_test(test_malformed_replies),
-        cmocka_unit_test(test_421_and_drops),          cmocka_unit_test(test_split_every_octet),
-        cmocka_unit_test(test_many_recipients),        cmocka_unit_test(test_api_misuse),
+        cmocka_unit_test(test_smtp_one_at_a_time),
+        cmocka_unit_test(test_smtp_pipelining),
+        cmocka_unit_test(test_lmtp_per_recipient),
+        cmocka_unit_test(test_starttls),
+        cmocka_unit_test(test_reply_classes),
+        cmocka_unit_test(test_local_refusals),
+        cmocka_unit_test(test_multiline_and_enhanced),
+        cmocka_unit_test(test_malformed_replies),
+        cmocka_unit_test(test_421_and_drops),
+        cmocka_unit_test(test_split_every_octet),
+        cmocka_unit_test(test_many_recipients),
+        cmocka_unit_test(test_api_misuse),
+        cmocka_unit_test(test_bdat_smtp),
+        cmocka_unit_test(test_bdat_binarymime),
+        cmocka_unit_test(test_bdat_large),
+        cmocka_unit_test(test_bdat_refused_chunk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
