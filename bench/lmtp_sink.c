@@ -17,6 +17,8 @@ void lsink_init(struct lsink *s)
 {
     s->line_len = 0;
     s->line_long = s->in_data = s->mail = s->quit = false;
+    s->in_bdat = s->bdat_last = s->bdat_bad = false;
+    s->bdat_left = 0;
     s->dstate = 0;
     s->rcpts = 0;
     s->out_len = 0;
@@ -31,12 +33,53 @@ static bool ls_verb(const char *line, size_t n, const char *v)
     return n >= 4 && strncasecmp(line, v, 4) == 0 && (n == 4 || line[4] == ' ');
 }
 
+static void ls_dot(struct lsink *s);
+
+/* ls_bdat starts skipping the chunk of `BDAT <n> [LAST]` (|a|, |n| octets: the arguments with
+ * their leading space). A command it cannot parse is answered 501 (and its octets, of unknown
+ * length, are taken as commands: the client broke the protocol). */
+static void ls_bdat(struct lsink *s, const char *a, size_t n)
+{
+    uint64_t v = 0;
+    size_t i = 1, d = 0;
+    bool last = false;
+    while (i < n && a[i] >= '0' && a[i] <= '9' && d < 19) {
+        v = v * 10 + (uint64_t)(a[i++] - '0');
+        d++;
+    }
+    if (i < n && n - i == 5 && strncasecmp(a + i, " LAST", 5) == 0) {
+        last = true;
+        i = n;
+    }
+    if (n == 0 || a[0] != ' ' || d == 0 || i != n) {
+        ls_put(s, "501 5.5.4 syntax: BDAT <size> [LAST]\r\n");
+        return;
+    }
+    s->in_bdat = true;
+    s->bdat_left = v;
+    s->bdat_last = last;
+    s->bdat_bad = !s->mail || s->rcpts == 0;
+}
+
+/* ls_bdat_end answers a chunk whose octets were all skipped. */
+static void ls_bdat_end(struct lsink *s)
+{
+    s->in_bdat = false;
+    if (s->bdat_bad)
+        ls_put(s, "503 5.5.1 no valid recipients\r\n");
+    else if (s->bdat_last)
+        ls_dot(s);
+    else
+        ls_put(s, "250 2.0.0 chunk ok\r\n");
+}
+
 static void ls_command(struct lsink *s, const char *line, size_t n)
 {
     if (ls_verb(line, n, "LHLO")) {
         s->mail = false;
         s->rcpts = 0;
-        ls_put(s, "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n");
+        ls_put(s, "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
+                  "250 ENHANCEDSTATUSCODES\r\n");
     } else if (ls_verb(line, n, "MAIL")) {
         if (s->mail) {
             ls_put(s, "503 5.5.1 nested MAIL\r\n");
@@ -62,6 +105,8 @@ static void ls_command(struct lsink *s, const char *line, size_t n)
         s->in_data = true;
         s->dstate = 0;
         ls_put(s, "354 go ahead\r\n");
+    } else if (ls_verb(line, n, "BDAT")) {
+        ls_bdat(s, line + 4, n - 4);
     } else if (ls_verb(line, n, "RSET")) {
         s->mail = false;
         s->rcpts = 0;
@@ -91,7 +136,20 @@ static void ls_dot(struct lsink *s)
 size_t lsink_feed(struct lsink *s, const uint8_t *in, size_t len)
 {
     size_t i = 0;
-    while (i < len && !s->quit && LSINK_OUT_MAX - s->out_len >= LSINK_REPLY_MAX) {
+    while (!s->quit && LSINK_OUT_MAX - s->out_len >= LSINK_REPLY_MAX) {
+        if (s->in_bdat) {
+            size_t k = len - i;
+            if (k > s->bdat_left)
+                k = (size_t)s->bdat_left;
+            s->bdat_left -= k;
+            i += k;
+            if (s->bdat_left > 0)
+                break;
+            ls_bdat_end(s);
+            continue;
+        }
+        if (i == len)
+            break;
         if (s->in_data) {
             /* The end of data is CRLF "." CRLF: a line that is only a dot. */
             for (; i < len && s->in_data; i++) {

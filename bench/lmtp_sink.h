@@ -1,6 +1,8 @@
 /* bench/lmtp_sink.h — the protocol machine of cmtp-lmtp-sink, the benchmark's LMTP store: command
- * octets in, replies out, messages counted. Every recipient is answered 250 after the final dot;
- * no body is kept. Pure: no I/O (bench/lmtp_sink_main.c does it). Not a general LMTP server. */
+ * octets in, replies out, messages counted. It offers PIPELINING, 8BITMIME and CHUNKING (as
+ * Dovecot's LMTP does): the body comes after DATA or in BDAT chunks (RFC 3030). Every recipient
+ * is answered 250 after the final dot or BDAT LAST; no body is kept. Pure: no I/O
+ * (bench/lmtp_sink_main.c does it). Not a general LMTP server. */
 #ifndef CMTP_BENCH_LMTP_SINK_H
 #define CMTP_BENCH_LMTP_SINK_H
 
@@ -29,13 +31,17 @@ struct lsink {
     bool line_long;  /* the current line went past LSINK_LINE_MAX: answered 500 at its end */
     bool in_data;    /* between 354 and the final dot */
     unsigned dstate; /* in_data: 0 start of a line, 1 within one, 2 ".", 3 ".\r" */
-    bool mail;       /* MAIL accepted */
-    unsigned rcpts;  /* RCPTs accepted */
-    bool quit;       /* QUIT answered: close once the output is sent */
+    bool in_bdat;    /* skipping a BDAT chunk's octets */
+    bool bdat_last;  /* ... of the LAST one */
+    bool bdat_bad;   /* ... of a refused one (no transaction): 503 at its end */
+    uint64_t bdat_left;
+    bool mail;      /* MAIL accepted */
+    unsigned rcpts; /* RCPTs accepted */
+    bool quit;      /* QUIT answered: close once the output is sent */
     char out[LSINK_OUT_MAX];
     size_t out_len;
-    uint64_t messages;   /* final dots with at least one recipient */
-    uint64_t recipients; /* recipients answered 250 after the final dot */
+    uint64_t messages;   /* final dots (or BDAT LAST) with at least one recipient */
+    uint64_t recipients; /* recipients answered 250 after them */
 };
 
 /* lsink_init resets |s| for a new connection and queues the greeting. */

@@ -773,7 +773,8 @@ def main():
              "run; log level info to a file. TLS: %s." % (
                  M.get("workers_default"), M.get("tls_cmtpd") or "?"))
     L.append("- **Relay runs**: cmtpd delivers over LMTP to `cmtp-lmtp-sink` (bench/lmtp_sink.c, a "
-             "C sink that discards) with `[delivery] concurrency_per_dest = %s` for the local "
+             "C sink that discards, offering CHUNKING as Dovecot's LMTP does: the bodies go in "
+             "BDAT chunks) with `[delivery] concurrency_per_dest = %s` for the local "
              "store and pooled LMTP connections." % M.get("relay_concurrency", "?"))
     L.append("- **Delivery during the ingest runs**: the ingest-only runs set `[delivery] "
              "enabled = no` (an ingest-only node: its delivery engine claims nothing, so accepted "

@@ -1,6 +1,7 @@
 /* tests/unit/test_bench_lsink.c — the protocol machine of cmtp-lmtp-sink (bench/lmtp_sink.h):
  * replies to a pipelined LMTP session, one 250 per recipient after the final dot, the end of
- * data found across any split of the input, dot-stuffed lines, bounds (long lines, recipients,
+ * data found across any split of the input, BDAT chunks (a "." line or a command inside one is
+ * data), dot-stuffed lines, bounds (long lines, recipients,
  * output room), QUIT. Not the socket loop (tests/integration/test_conn_reuse.sh runs it). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -42,7 +43,7 @@ static const char session[] = "LHLO client\r\n"
                               "RSET\r\nNOOP\r\nQUIT\r\nMAIL FROM:<ignored@b.test>\r\n";
 
 static const char replies[] = "220 sink LMTP ready\r\n"
-                              "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                              "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
                               "250 ENHANCEDSTATUSCODES\r\n"
                               "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"
                               "250 2.0.0 delivered\r\n250 2.0.0 delivered\r\n"
@@ -152,10 +153,46 @@ static void test_rcpt_bound_and_room(void **state)
     free(s);
 }
 
+/* BDAT chunks (RFC 3030): counted octets, whatever they hold; the LAST one answered per
+ * recipient, at any split. A chunk without a transaction is skipped and refused; a malformed
+ * BDAT is refused. */
+static void test_bdat(void **state)
+{
+    (void)state;
+    static const char in[] = "LHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@b.test>\r\n"
+                             "RCPT TO:<y@b.test>\r\nBDAT 9\r\n.\r\nQUIT\r\nBDAT 4 LAST\r\n\r\n.\r"
+                             "MAIL FROM:<a@b.test>\r\nRCPT TO:<z@b.test>\r\nBDAT 0 LAST\r\n"
+                             "BDAT 3 LAST\r\nxyzBDAT x\r\nBDAT 6 last\r\nRSET\r\nQUIT\r\n";
+    static const char want[] = "220 sink LMTP ready\r\n"
+                               "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n"
+                               "250 ENHANCEDSTATUSCODES\r\n"
+                               "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n"
+                               "250 2.0.0 chunk ok\r\n"
+                               "250 2.0.0 delivered\r\n250 2.0.0 delivered\r\n"
+                               "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 delivered\r\n"
+                               "503 5.5.1 no valid recipients\r\n"
+                               "501 5.5.4 syntax: BDAT <size> [LAST]\r\n"
+                               "503 5.5.1 no valid recipients\r\n"
+                               "221 2.0.0 bye\r\n";
+    static const size_t steps[] = {1, 2, 3, 7, 4096};
+    for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+        struct lsink *s = malloc(sizeof(*s));
+        char out[4096] = "";
+        assert_non_null(s);
+        lsink_init(s);
+        feed_all(s, in, steps[k], out, sizeof(out));
+        assert_string_equal(out, want);
+        assert_int_equal(s->messages, 2);
+        assert_int_equal(s->recipients, 3);
+        free(s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_any_split),
+        cmocka_unit_test(test_bdat),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_rcpt_bound_and_room),
