@@ -120,6 +120,20 @@ static void sm_begin(struct dl_job *j, bool eight_bit, bool binary)
     j->begun = true;
 }
 
+/* sm_collect runs what the client decided when the transaction began, outside an input event
+ * (after the body prescan, on a pooled connection): results it decided by itself (a message the
+ * server cannot take: too-big, no-8bitmime, no-binarymime, no-smtputf8) and BODY_READY for a
+ * body sent behind the envelope. They wait for no server octet. Then it sends what is due. */
+static void sm_collect(struct dl_job *j)
+{
+    if (j->finishing)
+        return;
+    sm_events(j, NULL, 0);
+    if (j->finishing || sm_after_input(j))
+        return;
+    cmtpd_delivery_smtp_pump(j);
+}
+
 static void sm_prescan_chunk(struct dl_job *j, int err)
 {
     if (err < 0) {
@@ -140,14 +154,7 @@ static void sm_prescan_chunk(struct dl_job *j, int err)
     cmtpd_delivery_body_rewind(j);
     j->prescan = false;
     sm_begin(j, j->scan.eight_bit, cmtp_body_scan_binary(&j->scan));
-    if (j->finishing)
-        return;
-    /* Results the client decided by itself (a body the server cannot take: no-8bitmime,
-     * no-binarymime) wait for no server octet: collect them now. */
-    sm_events(j, NULL, 0);
-    if (j->finishing || sm_after_input(j))
-        return;
-    cmtpd_delivery_smtp_pump(j);
+    sm_collect(j);
 }
 
 /* sm_tls_ctx returns the SMTP client TLS context, (re)built when the worker's configuration
@@ -600,7 +607,7 @@ static bool sm_take(struct dl_job *j)
     j->conn_reused = true;
     atomic_fetch_add_explicit(&dl->w->dctr.reused, 1, memory_order_relaxed);
     sm_ready(j, cmtp_smtpc_ext(j->sc));
-    cmtpd_delivery_smtp_pump(j);
+    sm_collect(j);
     return true;
 }
 

@@ -177,6 +177,12 @@ check "lmtp: every message (and the report) is removed" poll 8 no_envs l
   "$T/m-bin" >/dev/null
 check "lmtp: a failed report is dropped, not reported" poll 8 grep -q 'event=report-dropped' "$T/l.log"
 check "lmtp: nothing is left in Redis after it" poll 8 no_envs l
+# A message the store cannot take (a UTF-8 address, no SMTPUTF8) on a pooled connection: the
+# client refuses it by itself, before any command; the result is not left waiting for input.
+"${SEND[@]}" --ca "$T/tlsb/ca.crt" -s "127.0.0.1:$PL" -n b.test -f sender@b.test \
+  -t "jos$(printf '\303\251')@b.test" "$T/m-txt" >/dev/null
+check "lmtp: a UTF-8 recipient without SMTPUTF8 is bounced at once (no-smtputf8)" \
+  poll 8 grep -q 'event=bounced.*no-smtputf8' "$T/l.log"
 
 # ---------------------------------------------------------------------------------------------
 # 2b. LMTP with CHUNKING and BINARYMIME (RFC 3030): a binary body (NUL, bare CR, bare LF, a
