@@ -23,6 +23,19 @@
  * of the input fits): smaller chunks would cost a command and a reply for a few octets. */
 #define BDAT_CHUNK_MIN 1024
 
+/* BDAT_EAGER_MAX is the largest body (msg->size) sent behind the envelope without waiting for the
+ * RCPT replies, when the server pipelines (RFC 3030 4.2 allows it): one round trip per message
+ * instead of two. A larger body waits, so that a refused envelope costs no transfer. */
+#define BDAT_EAGER_MAX 65536
+
+/* BDAT_EAGER_RCPTS is the most recipients of such a transaction: every envelope command must be
+ * generated at once, in front of the body. */
+#define BDAT_EAGER_RCPTS 16
+
+/* DOT_UNCOUNTED is the reply count of a BDAT LAST before it is known: with LMTP, one reply per
+ * recipient accepted, counted when its first reply comes (every RCPT reply is in by then). */
+#define DOT_UNCOUNTED UINT32_MAX
+
 /* EV_CONTINUE is the internal "no event, read on" result. */
 #define EV_CONTINUE (-1)
 
@@ -595,7 +608,7 @@ static void chunk_close(struct cmtp_smtpc *c, bool last)
     memmove(c->out + c->out_head + gap, c->out + c->out_head, c->chunk_start - c->out_head);
     c->out_head += gap;
     if (last)
-        fifo_push(c, K_DOT, c->cfg.mode == CMTP_SMTPC_LMTP ? (uint32_t)c->accepted : 1);
+        fifo_push(c, K_DOT, c->cfg.mode == CMTP_SMTPC_LMTP ? DOT_UNCOUNTED : 1);
     else
         fifo_push(c, K_BDAT, 0);
 }
@@ -742,6 +755,22 @@ static bool non_ascii(const char *s, size_t n)
     return false;
 }
 
+/* bdat_eager generates the whole envelope now and lets the body follow it at once (BODY_READY),
+ * without waiting for the replies; it leaves the transaction as it is when the envelope does not
+ * fit the output. */
+static void bdat_eager(struct cmtp_smtpc *c)
+{
+    while (out_room(c) >= GEN_ROOM && generate_one(c))
+        ;
+    if (!c->mail_gen || c->rcpt_gen < c->msg.nrcpt)
+        return;
+    c->data_gen = true;
+    c->st = S_BODY;
+    if (!c->raw)
+        cmtp_dotstuff_init_canon(&c->ds);
+    push(c, CMTP_SMTPC_BODY_READY);
+}
+
 /* start_txn begins the begun transaction once the session is ready. */
 static void start_txn(struct cmtp_smtpc *c)
 {
@@ -769,6 +798,9 @@ static void start_txn(struct cmtp_smtpc *c)
     if (why != NULL) {
         local_why(&c->w[W_LOCAL], CMTP_SMTPC_STAGE_LOCAL, why, enh);
         decide_all(c, false, CMTP_SMTPC_PERM, W_LOCAL);
+    } else if (c->bdat && pipelining(c) && c->msg.size > 0 && c->msg.size <= BDAT_EAGER_MAX &&
+               c->msg.nrcpt <= BDAT_EAGER_RCPTS) {
+        bdat_eager(c);
     }
     maybe_done(c);
 }
@@ -996,7 +1028,16 @@ static int on_dot_reply(struct cmtp_smtpc *c, struct cmd *h, unsigned code,
         decide_all(c, true, class_result(code), W_DATA);
         return EV_CONTINUE;
     }
-    /* LMTP: one reply per accepted recipient, in RCPT order. */
+    /* LMTP: one reply per accepted recipient, in RCPT order; a BDAT LAST sent behind an envelope
+     * that had none accepted gets one reply, its refusal. */
+    if (h->n == DOT_UNCOUNTED) {
+        h->n = (uint32_t)c->accepted;
+        if (h->n == 0) {
+            fifo_pop(c);
+            c->dot_done = true;
+            return EV_CONTINUE;
+        }
+    }
     while (c->lmtp_scan < c->msg.nrcpt && c->rs[c->lmtp_scan].st != R_ACCEPTED)
         c->lmtp_scan++;
     if (c->lmtp_scan == c->msg.nrcpt)
@@ -1134,7 +1175,9 @@ static int on_reply(struct cmtp_smtpc *c, struct cmtp_smtpc_event *ev)
         break;
     case K_BDAT:
         fifo_pop(c);
-        if (cls != 2) {
+        /* A chunk sent behind an envelope that had no recipient accepted is refused: nothing is
+         * left to decide, and the session goes on. */
+        if (cls != 2 && c->accepted > 0) {
             /* The transaction failed with a chunk (RFC 3030 4.2): its recipients take this
              * reply, and the session ends, rather than waiting for the replies to the chunks
              * still in the pipe. */

@@ -107,8 +107,9 @@ enum cmtp_smtpc_ev {
      * Exactly one per recipient of the transaction. */
     CMTP_SMTPC_RCPT_RESULT,
     /* The body may be sent: the server answered 354 to DATA or, with CHUNKING, every RCPT was
-     * answered and one was accepted. Stream the body with cmtp_smtpc_body, then
-     * cmtp_smtpc_body_end. */
+     * answered and one was accepted, or (CHUNKING and PIPELINING, a body of at most 64 KiB and at
+     * most 16 recipients) the envelope was just generated and the body follows it in the same
+     * round trip. Stream the body with cmtp_smtpc_body, then cmtp_smtpc_body_end. */
     CMTP_SMTPC_BODY_READY,
     /* The transaction is over: every recipient had its RCPT_RESULT (ev->delivered, ev->temp,
      * ev->perm count them). cmtp_smtpc_begin or cmtp_smtpc_quit may be called. */

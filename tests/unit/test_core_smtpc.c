@@ -1095,11 +1095,11 @@ static void test_bdat_smtp(void **state)
     assert_true(cmtp_smtpc_ext(h->c)->chunking);
     assert_false(cmtp_smtpc_ext(h->c)->binarymime);
     h_rcpts(h, 2);
-    h->msg.size = 13;
+    h->msg.size = 70000; /* over BDAT_EAGER_MAX: the body waits for the RCPT replies */
     assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
     pending(h);
     /* No DATA: the body follows the envelope's replies. */
-    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=13\r\n"
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=70000\r\n"
                                        "RCPT TO:<r0@b.test>\r\nRCPT TO:<r1@b.test>\r\n");
     /* A dot line is not stuffed and the unterminated last line stays so: a length-counted
      * chunk has no terminator. */
@@ -1196,19 +1196,20 @@ static void test_bdat_binarymime(void **state)
     h_rcpts(h, 3);
     h->msg.binary = true;
     h->msg.size = bin_len;
-    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
-    pending(h);
-    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=28 BODY=BINARYMIME\r\n"
-                                       "RCPT TO:<r0@b.test>\r\nRCPT TO:<r1@b.test>\r\n"
-                                       "RCPT TO:<r2@b.test>\r\n");
     h->body = bin;
     h->body_len = bin_len;
-    size_t at = h->sent_len;
-    srv(h, "250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n");
-    expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_RCPT, 550);
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h); /* a small body goes right behind the envelope (pipelined) */
     expect_ev(h, CMTP_SMTPC_BODY_READY);
+    static const char env[] = "MAIL FROM:<alice@a.test> SIZE=28 BODY=BINARYMIME\r\n"
+                              "RCPT TO:<r0@b.test>\r\nRCPT TO:<r1@b.test>\r\n"
+                              "RCPT TO:<r2@b.test>\r\n";
+    size_t at = h->mark + sizeof(env) - 1;
+    assert_memory_equal(h->sent + h->mark, env, sizeof(env) - 1);
     assert_int_equal(bdat_parse(h->sent + at, h->sent_len - at, got, sizeof(got), &got_len, &last),
                      1);
+    srv(h, "250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n");
+    expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_RCPT, 550);
     assert_true(last);
     assert_int_equal(got_len, bin_len);
     assert_memory_equal(got, bin, bin_len);
@@ -1396,6 +1397,97 @@ static void test_bdat_refused_chunk(void **state)
     free(body);
 }
 
+/* A small body goes right behind the envelope when the server pipelines: one round trip. */
+static void test_bdat_eager(void **state)
+{
+    (void)state;
+    enum { MID = 20000 };
+    char *mid = malloc(MID), *got = malloc(MID);
+    assert_non_null(mid);
+    assert_non_null(got);
+    memset(mid, 'm', MID);
+    for (int lmtp = 0; lmtp < 2; lmtp++) {
+        struct h *h = h_new(lmtp ? CMTP_SMTPC_LMTP : CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+        srv(h, "220 mx.b.test ESMTP\r\n");
+        (void)sent_since(h);
+        srv(h, EHLO_CHUNK);
+        expect_ev(h, CMTP_SMTPC_READY);
+        h_rcpts(h, 3);
+        h->msg.size = 5;
+        h->body = "hi\r\n.";
+        h->body_len = 5;
+        assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+        pending(h);
+        expect_ev(h, CMTP_SMTPC_BODY_READY);
+        assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=5\r\n"
+                                           "RCPT TO:<r0@b.test>\r\nRCPT TO:<r1@b.test>\r\n"
+                                           "RCPT TO:<r2@b.test>\r\nBDAT 5 LAST\r\nhi\r\n.");
+        assert_int_equal(cmtp_smtpc_state(h->c), CMTP_SMTPC_STATE_END);
+        /* Every reply in one read: the RCPT results, then the body's (LMTP: one per accepted
+         * recipient, counted once the RCPT replies are in). */
+        srv(h, lmtp ? "250 ok\r\n250 ok\r\n550 5.1.1 no\r\n250 ok\r\n250 2.0.0 a\r\n451 4.2.0 b\r\n"
+                    : "250 ok\r\n250 ok\r\n550 5.1.1 no\r\n250 ok\r\n250 2.0.0 queued\r\n");
+        expect_result(h, 1, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_RCPT, 550);
+        expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+        if (lmtp) {
+            expect_result(h, 2, CMTP_SMTPC_TEMP, CMTP_SMTPC_STAGE_DOT, 451);
+            expect_done(h, 1, 1, 1);
+        } else {
+            expect_result(h, 2, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+            expect_done(h, 2, 0, 1);
+        }
+
+        /* Every recipient refused: the chunks are refused too (one reply each, LMTP's LAST
+         * included) and decide nothing; the session goes on. */
+        h_rcpts(h, 2);
+        h->msg.size = MID;
+        h->body = mid;
+        h->body_len = MID;
+        assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+        pending(h);
+        expect_ev(h, CMTP_SMTPC_BODY_READY);
+        const char *o = sent_since(h);
+        static const char env2[] = "MAIL FROM:<alice@a.test> SIZE=20000\r\nRCPT TO:<r0@b.test>\r\n"
+                                   "RCPT TO:<r1@b.test>\r\n";
+        assert_memory_equal(o, env2, sizeof(env2) - 1);
+        size_t got_len;
+        bool last;
+        size_t chunks = bdat_parse(o + sizeof(env2) - 1, strlen(o) - (sizeof(env2) - 1), got, MID,
+                                   &got_len, &last);
+        assert_true(last && chunks >= 2 && got_len == MID);
+        srv(h, "250 ok\r\n550 5.1.1 no\r\n450 4.2.1 busy\r\n");
+        expect_result(h, 0, CMTP_SMTPC_PERM, CMTP_SMTPC_STAGE_RCPT, 550);
+        expect_result(h, 1, CMTP_SMTPC_TEMP, CMTP_SMTPC_STAGE_RCPT, 450);
+        for (size_t i = 0; i < chunks; i++)
+            srv(h, "554 5.5.1 no valid recipients\r\n");
+        expect_done(h, 0, 1, 1);
+        assert_int_equal(cmtp_smtpc_state(h->c), CMTP_SMTPC_STATE_READY);
+        h_quit(h);
+    }
+    free(mid);
+    free(got);
+
+    /* Not eager: without PIPELINING, or with more than BDAT_EAGER_RCPTS recipients. */
+    struct h *h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, true);
+    h_connect(h, EHLO_CHUNK);
+    h_rcpts(h, 1);
+    h->msg.size = 3;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test> SIZE=3\r\n");
+    expect_no_more(h);
+    h_free(h);
+    h = h_new(CMTP_SMTPC_SMTP, CMTP_SMTPC_TLS_NONE, false);
+    h_connect(h, EHLO_CHUNK);
+    h_rcpts(h, 17);
+    h->msg.size = 3;
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_null(strstr(sent_since(h), "BDAT"));
+    expect_no_more(h);
+    h_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1415,6 +1507,7 @@ int main(void)
         cmocka_unit_test(test_bdat_binarymime),
         cmocka_unit_test(test_bdat_large),
         cmocka_unit_test(test_bdat_refused_chunk),
+        cmocka_unit_test(test_bdat_eager),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
