@@ -1087,6 +1087,25 @@ static size_t bdat_parse(const char *s, size_t n, char *out, size_t cap, size_t 
     return chunks;
 }
 
+/* one_rcpt delivers h->msg (set up, one recipient) with |body|: the envelope goes out as |env|,
+ * the server answers |replies| (the envelope's, and 354 after DATA), the body goes out as |out|
+ * (|out_len| octets) and is taken with 250. */
+static void one_rcpt(struct h *h, const char *env, const char *replies, const char *body,
+                     const char *out, size_t out_len)
+{
+    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
+    pending(h);
+    assert_string_equal(sent_since(h), env);
+    h->body = body;
+    h->body_len = strlen(body);
+    srv(h, replies);
+    expect_ev(h, CMTP_SMTPC_BODY_READY);
+    assert_memory_equal(sent_since(h), out, out_len);
+    srv(h, "250 ok\r\n");
+    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
+    expect_done(h, 1, 0, 0);
+}
+
 static void test_bdat_smtp(void **state)
 {
     (void)state;
@@ -1120,18 +1139,8 @@ static void test_bdat_smtp(void **state)
     /* Bare CR and LF of a body not known to be binary are canonicalized, as after DATA. */
     h_rcpts(h, 1);
     h->msg.eight_bit = true;
-    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
-    pending(h);
-    assert_string_equal(sent_since(h),
-                        "MAIL FROM:<alice@a.test> BODY=8BITMIME\r\nRCPT TO:<r0@b.test>\r\n");
-    h->body = "x\ny\rz\xc3\xa9";
-    h->body_len = strlen(h->body);
-    srv(h, "250 ok\r\n250 ok\r\n");
-    expect_ev(h, CMTP_SMTPC_BODY_READY);
-    assert_string_equal(sent_since(h), "BDAT 9 LAST\r\nx\r\ny\r\nz\xc3\xa9");
-    srv(h, "250 ok\r\n");
-    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
-    expect_done(h, 1, 0, 0);
+    one_rcpt(h, "MAIL FROM:<alice@a.test> BODY=8BITMIME\r\nRCPT TO:<r0@b.test>\r\n",
+             "250 ok\r\n250 ok\r\n", "x\ny\rz\xc3\xa9", "BDAT 9 LAST\r\nx\r\ny\r\nz\xc3\xa9", 22);
 
     /* Every recipient refused: no body, and the next transaction starts with RSET. */
     h_rcpts(h, 1);
@@ -1162,18 +1171,8 @@ static void test_bdat_smtp(void **state)
     h = h_new_cfg((struct cmtp_smtpc_config){.mode = CMTP_SMTPC_SMTP, .no_chunking = true});
     h_connect(h, EHLO_CHUNK);
     h_rcpts(h, 1);
-    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
-    pending(h);
-    assert_string_equal(sent_since(h),
-                        "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\nDATA\r\n");
-    h->body = ".x";
-    h->body_len = 2;
-    srv(h, "250 ok\r\n250 ok\r\n354 go\r\n");
-    expect_ev(h, CMTP_SMTPC_BODY_READY);
-    assert_string_equal(sent_since(h), "..x\r\n.\r\n");
-    srv(h, "250 ok\r\n");
-    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
-    expect_done(h, 1, 0, 0);
+    one_rcpt(h, "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\nDATA\r\n",
+             "250 ok\r\n250 ok\r\n354 go\r\n", ".x", "..x\r\n.\r\n", 8);
     h_quit(h);
 }
 
@@ -1226,18 +1225,8 @@ static void test_bdat_binarymime(void **state)
     h_connect(h, EHLO_CHUNK);
     h_rcpts(h, 1);
     h->msg.binary = true;
-    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
-    pending(h);
-    assert_string_equal(sent_since(h),
-                        "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\nDATA\r\n");
-    h->body = "a\nb";
-    h->body_len = 3;
-    srv(h, "250 ok\r\n250 ok\r\n354 go\r\n");
-    expect_ev(h, CMTP_SMTPC_BODY_READY);
-    assert_string_equal(sent_since(h), "a\r\nb\r\n.\r\n");
-    srv(h, "250 ok\r\n");
-    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
-    expect_done(h, 1, 0, 0);
+    one_rcpt(h, "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\nDATA\r\n",
+             "250 ok\r\n250 ok\r\n354 go\r\n", "a\nb", "a\r\nb\r\n.\r\n", 9);
     h_quit(h);
 
     /* ... and refused where the body must not be altered (SMTP fallback). */
@@ -1256,17 +1245,8 @@ static void test_bdat_binarymime(void **state)
     /* A text body goes, in BDAT. */
     h_rcpts(h, 1);
     h->msg.body_strict = true;
-    assert_int_equal(cmtp_smtpc_begin(h->c, &h->msg), 0);
-    pending(h);
-    assert_string_equal(sent_since(h), "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\n");
-    h->body = "t\r\n";
-    h->body_len = 3;
-    srv(h, "250 ok\r\n250 ok\r\n");
-    expect_ev(h, CMTP_SMTPC_BODY_READY);
-    assert_string_equal(sent_since(h), "BDAT 3 LAST\r\nt\r\n");
-    srv(h, "250 ok\r\n");
-    expect_result(h, 0, CMTP_SMTPC_DELIVERED, CMTP_SMTPC_STAGE_DOT, 250);
-    expect_done(h, 1, 0, 0);
+    one_rcpt(h, "MAIL FROM:<alice@a.test>\r\nRCPT TO:<r0@b.test>\r\n", "250 ok\r\n250 ok\r\n",
+             "t\r\n", "BDAT 3 LAST\r\nt\r\n", 16);
     h_quit(h);
 
     /* Strict, with BINARYMIME: accepted and raw; an 8-bit body needs no 8BITMIME then. */
