@@ -702,7 +702,7 @@ static void test_example_config(void **state)
     }
     fclose(f);
     /* Every key of docs/CONFIG.md appears. */
-    assert_int_equal(keys, 68);
+    assert_int_equal(keys, 69);
     assert_int_equal(
         cmtp_config_load_string(c, text, strlen(text), "uncommented", err, sizeof(err)), 0);
     assert_memory_equal(c, def, sizeof(*c));
