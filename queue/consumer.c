@@ -581,9 +581,7 @@ struct queue_consumer_lease {
 
 static int64_t wall_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return queue_conn_wall_ms();
 }
 
 static uint64_t loop_now(const struct queue_consumer *c)
@@ -598,10 +596,7 @@ static void set_error(struct queue_consumer *c, const char *what, const char *de
 
 static uint64_t rng_next(struct queue_consumer *c)
 {
-    uint64_t z = (c->rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return queue_conn_splitmix64(&c->rng);
 }
 
 /* copy_clean copies at most |cap| - 1 octets of |s| (|n| octets) into |out|, replacing control
@@ -3589,20 +3584,6 @@ int queue_consumer_flush(struct queue_consumer *c, void (*cb)(void *arg, int err
 
 /* ---- lifecycle ---- */
 
-static bool name_ok(const char *s, size_t max)
-{
-    size_t n = strnlen(s, max + 1);
-    if (n == 0 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-' || ch == ':'))
-            return false;
-    }
-    return true;
-}
-
 struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cfg,
                                           const struct queue_loop *loop, char *err, size_t errlen)
 {
@@ -3625,13 +3606,13 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
     }
     c->loop = *loop;
     const char *prefix = cfg->key_prefix ? cfg->key_prefix : QUEUE_PREFIX_DEFAULT;
-    if (!name_ok(prefix, QUEUE_PREFIX_MAX)) {
+    if (!queue_conn_name_ok(prefix, QUEUE_PREFIX_MAX)) {
         snprintf(err, errlen, "bad key prefix");
         goto err;
     }
     snprintf(c->prefix, sizeof(c->prefix), "%s", prefix);
     const char *node = cfg->node_id ? cfg->node_id : "node";
-    if (!name_ok(node, QUEUE_NODE_MAX)) {
+    if (!queue_conn_name_ok(node, QUEUE_NODE_MAX)) {
         snprintf(err, errlen, "bad node id (1..%d of [A-Za-z0-9._:-])", QUEUE_NODE_MAX);
         goto err;
     }

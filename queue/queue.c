@@ -202,9 +202,7 @@ static uint64_t mono_us(void)
 
 static int64_t wall_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return queue_conn_wall_ms();
 }
 
 static uint64_t loop_now(const struct queue *q)
@@ -217,13 +215,10 @@ static void set_error(struct queue *q, const char *what, const char *detail)
     queue_conn_set_error(&q->rc, what, detail);
 }
 
-/* splitmix64: a per-queue generator for the random part of qids (seeded from getrandom). */
+/* rng_next: the per-queue generator of the random part of qids (seeded from getrandom). */
 static uint64_t rng_next(struct queue *q)
 {
-    uint64_t z = (q->rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return queue_conn_splitmix64(&q->rng);
 }
 
 int queue_key_format(char *out, size_t cap, const char *prefix, unsigned shard, const char *kind,
@@ -1379,21 +1374,6 @@ int queue_get_body_chunk(struct queue *q, const char *qid, uint32_t index,
 
 /* ---- lifecycle ---- */
 
-static bool name_ok(const char *s, size_t max, bool allow_colon)
-{
-    size_t n = strnlen(s, max + 1);
-    if (n == 0 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-' || (allow_colon && c == ':');
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
 struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop *loop, char *err,
                         size_t errlen)
 {
@@ -1416,13 +1396,13 @@ struct queue *queue_new(const struct queue_config *cfg, const struct queue_loop 
     }
     q->loop = *loop;
     const char *prefix = cfg->key_prefix ? cfg->key_prefix : QUEUE_PREFIX_DEFAULT;
-    if (!name_ok(prefix, QUEUE_PREFIX_MAX, true)) {
+    if (!queue_conn_name_ok(prefix, QUEUE_PREFIX_MAX)) {
         snprintf(err, errlen, "bad key prefix (1..%d of [A-Za-z0-9._:-])", QUEUE_PREFIX_MAX);
         goto err;
     }
     snprintf(q->prefix, sizeof(q->prefix), "%s", prefix);
     const char *node = cfg->node_id ? cfg->node_id : "node";
-    if (!name_ok(node, QUEUE_NODE_MAX, true)) {
+    if (!queue_conn_name_ok(node, QUEUE_NODE_MAX)) {
         snprintf(err, errlen, "bad node id (1..%d of [A-Za-z0-9._:-])", QUEUE_NODE_MAX);
         goto err;
     }

@@ -101,6 +101,19 @@ void queue_conn_set_error(struct queue_conn *k, const char *what, const char *de
  * returns its argc, or 0 when no password is configured. */
 int queue_conn_auth_argv(const struct queue_conn *k, const char *argv[3], size_t lens[3]);
 
+/* queue_conn_name_ok says whether |s| is a valid key prefix or node name: 1..|max| octets of
+ * [A-Za-z0-9._:-] (no braces, which would break the shard hash tags; no space, which would
+ * break lease tokens and logs). */
+bool queue_conn_name_ok(const char *s, size_t max);
+
+/* queue_conn_wall_ms returns the wall clock in ms since the epoch (accept times, schedules,
+ * report times). */
+int64_t queue_conn_wall_ms(void);
+
+/* queue_conn_splitmix64 advances the splitmix64 generator |*state| and returns its next value:
+ * qids' random part, lease tokens, backoff jitter (seeded by the owner; not for secrets). */
+uint64_t queue_conn_splitmix64(uint64_t *state);
+
 /* queue_conn_free cancels the timers and frees the context (every outstanding command's callback
  * runs without a reply while |freeing| is set) and the credentials. |k| itself is the owner's. */
 void queue_conn_free(struct queue_conn *k);
