@@ -1010,7 +1010,8 @@ static void test_client_server_in_memory(void **state)
     for (int iter = 0; iter < 150; iter++) {
         struct cmtp_smtps_config scfg = {.host = "ingress.a.test", .size_max = 100000};
         struct sh *h = sh_new(&scfg);
-        struct cmtp_smtpc_config ccfg = {.no_pipelining = rng(&seed) % 2, .helo = "c.a.test"};
+        struct cmtp_smtpc_config ccfg = {
+            .no_pipelining = rng(&seed) % 2, .no_chunking = rng(&seed) % 2, .helo = "c.a.test"};
         struct cmtp_smtpc *c = cmtp_smtpc_new(&ccfg);
         assert_non_null(c);
         uint8_t body[2000];
@@ -1106,6 +1107,10 @@ static void test_client_server_in_memory(void **state)
         if (h->ends == 1) {
             uint8_t want[4100];
             size_t wn = canon(want, body, blen);
+            /* BDAT (the server offers CHUNKING) leaves an unterminated last line so; DATA must
+             * end it with CRLF. */
+            if (!ccfg.no_chunking && blen > 0 && body[blen - 1] != '\r' && body[blen - 1] != '\n')
+                wn -= 2;
             assert_int_equal(h->ended_len, wn);
             if (wn > 0)
                 assert_memory_equal(h->ended_body, want, wn);
