@@ -95,6 +95,7 @@ struct dl_pconn {
     enum cmtp_smtpc_tls tls_mode;
     bool verify;
     uint64_t tls_gen; /* cmtpd_delivery.smtp_tls_gen the TLS session was made with */
+    bool no_chunking; /* its client was made with [delivery] chunking = no */
     char tls_name[CMTP_DOMAIN_MAX + 1];
     /* The connection, as the job left it. */
     struct io_conn *c;
@@ -183,6 +184,7 @@ struct dl_job {
     bool sm_replied;       /* a reply arrived on the connection during this job */
     bool sm_park;          /* the transaction ended: park the connection after the input */
     bool sm_tainted;       /* a session-level failure: never park */
+    bool sm_no_chunking;   /* the connection's client was made with [delivery] chunking = no */
     unsigned conn_uses;    /* transactions on the connection, this one included */
     uint64_t conn_born_ms; /* io_worker_now_ms of the connection's connect */
 

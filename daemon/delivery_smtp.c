@@ -443,6 +443,7 @@ static bool pc_key_match(const struct dl_pconn *p, const struct dl_job *j)
     return p->st == DL_PC_IDLE && p->tr == j->tr && p->sa_len == j->sa_len &&
            memcmp(&p->sa, &j->sa, j->sa_len) == 0 && p->tls_mode == j->smtp_tls_mode &&
            p->verify == j->smtp_verify && p->tls_gen == j->dl->smtp_tls_gen &&
+           p->no_chunking == !j->dl->w->cfg->c.delivery.chunking &&
            strcmp(p->tls_name, j->tls_name) == 0;
 }
 
@@ -596,6 +597,7 @@ static bool sm_take(struct dl_job *j)
     j->conn_uses = p->uses + 1;
     j->conn_born_ms = p->born_ms;
     j->smtp_verified = p->verified;
+    j->sm_no_chunking = p->no_chunking;
     memcpy(j->smtp_prot, p->prot, sizeof(j->smtp_prot));
     p->sc = NULL;
     p->tls = NULL;
@@ -644,6 +646,7 @@ static bool sm_park(struct dl_job *j)
     p->tls_mode = j->smtp_tls_mode;
     p->verify = j->smtp_verify;
     p->tls_gen = dl->smtp_tls_gen;
+    p->no_chunking = j->sm_no_chunking;
     memcpy(p->tls_name, j->tls_name, sizeof(p->tls_name));
     p->c = j->c;
     p->tls = j->tls;
@@ -728,6 +731,7 @@ void cmtpd_delivery_smtp_on_connect(struct dl_job *j, int res)
         .helo = j->dl->w->d->hostname,
         .no_chunking = !j->dl->w->cfg->c.delivery.chunking,
     };
+    j->sm_no_chunking = sc.no_chunking;
     j->sc = cmtp_smtpc_new(&sc);
     if (j->sc == NULL) {
         cmtpd_delivery_why(why, sizeof(why), "%s: out of memory", sm_name(j));

@@ -79,6 +79,7 @@ printf 'Subject: reuse\r\n\r\nline\r\n.\r\n..two\r\n.x\r\nbin \000\377 8bit \303
 sink s1
 sink s2 --idle-close 1
 sink s3 --idle-drop 1
+sink s4 --chunking
 PC=$(free_port)
 "$B/cmtp-lmtp-sink" -p "$PC" -o "$T/c.count" 2>"$T/c.err" &
 PID_csink=$!
@@ -87,6 +88,7 @@ conf a "$(free_port)" "$SP_s1" 'concurrency_per_dest = 2' # two deliveries, two 
 conf b "$(free_port)" "$SP_s2"
 conf c "$(free_port)" "$SP_s3"
 conf d "$(free_port)" "$PC"
+conf f "$(free_port)" "$SP_s4"
 PT=$(free_port)
 mkdir -p "$T/st"
 python3 "$TOP/tests/integration/smtp_sink.py" "$PT" "$T/st" --cert "$T/tls/server-p256.crt" \
@@ -96,8 +98,8 @@ conf e "$(free_port)" 0
 sed -i -e 's/^mode = lmtp$/mode = smtp/' -e "s/^lmtp = 127.0.0.1:0\$/smtp = 127.0.0.1:$PT/" "$T/e.conf"
 printf 'smtp_starttls = require\nsmtp_tls_verify = yes\nsmtp_tls_name = smtp.b.test\n' >>"$T/e.conf"
 printf '[tls]\nca = %s/ca.crt\n' "$T/tls" >>"$T/e.conf"
-for n in a b c d e; do launch $n; done
-for n in a b c d e; do await $n; done
+for n in a b c d e f; do launch $n; done
+for n in a b c d e f; do await $n; done
 for s in s1 s2 s3; do wait_for test -f "$T/$s/ready" || bad "lmtp sink $s starts"; done
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +204,22 @@ wait "$PID_e"
 check "smtp tls: cmtpd exits 0 on SIGTERM with a pooled TLS connection" [ $? -eq 0 ]
 check "smtp tls: no sanitizer report" bash -c "! grep -q 'Sanitizer\|runtime error' '$T/e.log'"
 
+# 7b. [delivery] chunking: BDAT to a store that offers CHUNKING; after a reload with
+# chunking = no, DATA, on a new connection (the pooled one was made for BDAT).
+send f k1@b.test "$T/m"
+check "chunking: delivered in BDAT" poll 5 bash -c "[ \$(ls '$T/s4' | grep -c '^msg-') -eq 1 ] && grep -q '^bdat ' '$T/s4/log'"
+send f k2@b.test "$T/m"
+check "chunking: the second on the pooled connection" poll 5 bash -c "[ \$(ls '$T/s4' | grep -c '^msg-') -eq 2 ] && [ \$(grep -c '^open ' '$T/s4/conns') -eq 1 ]"
+printf 'chunking = no\n' >>"$T/f.conf"
+kill -HUP "$PID_f"
+check "chunking: reloaded" poll 5 grep -q 'event=reloaded' "$T/f.log"
+send f k3@b.test "$T/m"
+check "chunking = no: delivered after DATA" poll 5 bash -c "[ \$(ls '$T/s4' | grep -c '^msg-') -eq 3 ] && grep -q '^data' '$T/s4/log'"
+check "chunking = no: on a new connection" [ "$(ev s4 open)" -eq 2 ]
+bad_bodies=0
+for f in "$T/s4"/msg-*; do body_ok "$f" "$T/m" || bad_bodies=$((bad_bodies + 1)); done
+check "chunking: the three bodies are byte-exact" [ "$bad_bodies" -eq 0 ]
+
 # 8. SIGTERM with a pooled connection: QUIT, and a clean exit well before the idle timeout.
 send a drain@b.test "$T/m"
 check "drain: delivered" poll 5 eval '[ "$(msgs s1)" -eq 22 ]'
@@ -214,11 +232,11 @@ t1=$(date +%s%N)
 check "drain: cmtpd exits 0" [ "$rc" -eq 0 ]
 check "drain: the pooled connection was QUIT" poll 2 eval '[ "$(ev s1 quit)" -gt "$q0" ]'
 check "drain: within 3 s ($(((t1 - t0) / 1000000)) ms)" [ $(((t1 - t0) / 1000000)) -lt 3000 ]
-for n in b c d; do
+for n in b c d f; do
   eval "kill -TERM \$PID_$n; wait \$PID_$n"
   check "cmtpd $n exits 0 on SIGTERM" [ $? -eq 0 ]
 done
-san=$(cat "$T"/[abcde].log | grep -c 'ERROR: AddressSanitizer\|runtime error\|LeakSanitizer')
+san=$(cat "$T"/[abcdef].log | grep -c 'ERROR: AddressSanitizer\|runtime error\|LeakSanitizer')
 check "no sanitizer report in any cmtpd log" [ "$san" -eq 0 ]
 
 finish
