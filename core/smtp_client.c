@@ -755,6 +755,16 @@ static bool non_ascii(const char *s, size_t n)
     return false;
 }
 
+/* bdat_body_start lets the caller stream a BDAT transaction's body (BODY_READY). */
+static void bdat_body_start(struct cmtp_smtpc *c)
+{
+    c->data_gen = true;
+    c->st = S_BODY;
+    if (!c->raw)
+        cmtp_dotstuff_init_canon(&c->ds);
+    push(c, CMTP_SMTPC_BODY_READY);
+}
+
 /* bdat_eager generates the whole envelope now and lets the body follow it at once (BODY_READY),
  * without waiting for the replies; it leaves the transaction as it is when the envelope does not
  * fit the output. */
@@ -762,13 +772,8 @@ static void bdat_eager(struct cmtp_smtpc *c)
 {
     while (out_room(c) >= GEN_ROOM && generate_one(c))
         ;
-    if (!c->mail_gen || c->rcpt_gen < c->msg.nrcpt)
-        return;
-    c->data_gen = true;
-    c->st = S_BODY;
-    if (!c->raw)
-        cmtp_dotstuff_init_canon(&c->ds);
-    push(c, CMTP_SMTPC_BODY_READY);
+    if (c->mail_gen && c->rcpt_gen == c->msg.nrcpt)
+        bdat_body_start(c);
 }
 
 /* start_txn begins the begun transaction once the session is ready. */
@@ -1058,13 +1063,10 @@ static void bdat_body_ready(struct cmtp_smtpc *c)
     if (!c->bdat || c->st != S_TXN || !c->txn_started || c->done_queued || c->data_gen ||
         !c->mail_gen || c->rcpt_gen < c->msg.nrcpt || c->txn_inflight > 0)
         return;
-    c->data_gen = true;
-    if (c->accepted == 0)
-        return;
-    c->st = S_BODY;
-    if (!c->raw)
-        cmtp_dotstuff_init_canon(&c->ds);
-    push(c, CMTP_SMTPC_BODY_READY);
+    if (c->accepted > 0)
+        bdat_body_start(c);
+    else
+        c->data_gen = true; /* no body: the transaction ends without it */
 }
 
 static int on_reply(struct cmtp_smtpc *c, struct cmtp_smtpc_event *ev)
