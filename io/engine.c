@@ -802,7 +802,7 @@ static void worker_loop(struct io_worker *w)
         if (w->e->ops.before_sleep != NULL && w->inited && w->phase != IO_PHASE_QUIESCE)
             w->e->ops.before_sleep(w, w->ctx);
         io_buf_flush(w);
-        if (w->pend_head != IO_NONE32) {
+        if (w->pend_head != IO_NONE32 || io_timer_ready(w)) {
             rc = io_uring_submit_and_get_events(&w->ring);
         } else if (w->phase == IO_PHASE_QUIESCE) {
             struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
@@ -822,6 +822,8 @@ static void worker_loop(struct io_worker *w)
         }
         io_uring_cq_advance(&w->ring, n);
         io_conn_wheel_advance(w);
+        if (io_timer_ready(w))
+            io_timer_run_ready(w);
         if (w->phase == IO_PHASE_QUIESCE && w->inflight > 0 && w->now_ms >= quiesce_retry) {
             /* Something submitted after the first cancellation (a callback of the last
              * completions): cancel again. */

@@ -684,7 +684,9 @@ static void conn_process(struct io_worker *w, struct io_conn *c)
         bool stop = f & (IO_CF_PAUSED | IO_CF_CLOSING | IO_CF_ABORT | IO_CF_PEER_EOF);
         if (!stop && !(f & (IO_CF_RECV | IO_CF_NOBUF_WAIT)))
             arm_recv(w, c);
-        else if (stop && (f & IO_CF_RECV) && !(f & (IO_CF_RECV_CANCEL | IO_CF_CANCEL_ALL)))
+        else if (stop && (f & IO_CF_RECV) && !(f & (IO_CF_RECV_CANCEL | IO_CF_CANCEL_ALL)) &&
+                 ((f & (IO_CF_CLOSING | IO_CF_ABORT | IO_CF_PEER_EOF)) ||
+                  c->held_head != IO_NONE16))
             cancel_recv(w, c);
         if (!(c->flags & (IO_CF_SEND | IO_CF_ABORT)) && c->sq_head != IO_NONE32)
             submit_send(w, c);

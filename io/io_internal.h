@@ -151,7 +151,9 @@ struct io_watch {
 };
 
 /* Timer states. */
-enum { IO_TS_FREE = 0, IO_TS_ARMED, IO_TS_CANCELED };
+/* A timer of 0 ms never reaches the kernel: it waits on the worker's ready list (IO_TS_READY, or
+ * IO_TS_READY_CANCELED once cancelled) and runs after the completions of the current iteration. */
+enum { IO_TS_FREE = 0, IO_TS_ARMED, IO_TS_CANCELED, IO_TS_READY, IO_TS_READY_CANCELED };
 
 struct io_timer {
     void (*cb)(void *arg);
@@ -246,6 +248,8 @@ struct io_worker {
     struct io_timer *timers;
     uint32_t timer_cap;
     uint32_t timer_free;
+    uint32_t timer_ready_head; /* 0 ms timers due on this iteration, in order (next_free links) */
+    uint32_t timer_ready_tail;
 
     /* Wake-ups from other threads: requests, posts, eventfd. */
     int efd;
@@ -355,6 +359,16 @@ void io_watch_teardown(struct io_worker *w);
 /* Completion handlers of watches and timers. */
 void io_watch_cqe(struct io_worker *w, const struct io_uring_cqe *cqe);
 void io_timer_cqe(struct io_worker *w, const struct io_uring_cqe *cqe);
+
+/* io_timer_run_ready runs the 0 ms timers that were ready when it started (those their callbacks
+ * add wait for the next iteration). Returns how many callbacks ran. */
+unsigned io_timer_run_ready(struct io_worker *w);
+
+/* io_timer_ready reports whether 0 ms timers wait: the loop must not block then. */
+static inline bool io_timer_ready(const struct io_worker *w)
+{
+    return w->timer_ready_head != IO_NONE32;
+}
 
 /* io_watch_quiesce stops every watch and timer of |w| without callbacks (worker exit). */
 void io_watch_quiesce(struct io_worker *w);

@@ -20,6 +20,7 @@ int io_watch_setup(struct io_worker *w)
         w->watch_free = i;
     }
     w->timer_free = IO_NONE32;
+    w->timer_ready_head = w->timer_ready_tail = IO_NONE32;
     for (uint32_t i = w->timer_cap; i-- > 0;) {
         w->timers[i].next_free = w->timer_free;
         w->timer_free = i;
@@ -227,18 +228,32 @@ static void timer_release(struct io_worker *w, struct io_timer *t)
 
 struct io_timer *io_timer_add(struct io_worker *w, uint64_t ms, void (*cb)(void *arg), void *arg)
 {
-    struct io_uring_sqe *sqe;
+    struct io_uring_sqe *sqe = NULL;
     struct io_timer *t;
     if (w == NULL || cb == NULL || w->phase == IO_PHASE_QUIESCE || w->timer_free == IO_NONE32)
         return NULL;
-    sqe = io_sqe(w);
-    if (sqe == NULL)
-        return NULL;
+    if (ms > 0) {
+        sqe = io_sqe(w);
+        if (sqe == NULL)
+            return NULL;
+    }
     t = &w->timers[w->timer_free];
     w->timer_free = t->next_free;
     t->next_free = IO_NONE32;
     t->cb = cb;
     t->arg = arg;
+    if (ms == 0) {
+        /* Due now: the ready list, run after this iteration's completions. Arming a kernel
+         * timeout costs a timer interrupt reprogramming (a VM exit on a virtual machine) for
+         * what is only "after the current callback". */
+        t->state = IO_TS_READY;
+        if (w->timer_ready_tail == IO_NONE32)
+            w->timer_ready_head = timer_idx(w, t);
+        else
+            w->timers[w->timer_ready_tail].next_free = timer_idx(w, t);
+        w->timer_ready_tail = timer_idx(w, t);
+        return t;
+    }
     if (ms > (uint64_t)INT32_MAX * 1000u)
         ms = (uint64_t)INT32_MAX * 1000u;
     t->ts.tv_sec = (long long)(ms / 1000u);
@@ -254,7 +269,13 @@ struct io_timer *io_timer_add(struct io_worker *w, uint64_t ms, void (*cb)(void 
 int io_timer_cancel(struct io_worker *w, struct io_timer *t)
 {
     struct io_uring_sqe *sqe;
-    if (w == NULL || t == NULL || t->state != IO_TS_ARMED)
+    if (w == NULL || t == NULL)
+        return -ENOENT;
+    if (t->state == IO_TS_READY) {
+        t->state = IO_TS_READY_CANCELED; /* io_timer_run_ready releases it */
+        return 0;
+    }
+    if (t->state != IO_TS_ARMED)
         return -ENOENT;
     t->state = IO_TS_CANCELED;
     sqe = io_sqe(w);
@@ -265,6 +286,32 @@ int io_timer_cancel(struct io_worker *w, struct io_timer *t)
     }
     /* Without an entry the timeout still expires; being cancelled, it runs no callback. */
     return 0;
+}
+
+unsigned io_timer_run_ready(struct io_worker *w)
+{
+    uint32_t i = w->timer_ready_head;
+    unsigned ran = 0;
+
+    /* Detach the list first: callbacks may add 0 ms timers, which wait for the next iteration
+     * (a timer that re-adds itself cannot starve the loop). */
+    w->timer_ready_head = w->timer_ready_tail = IO_NONE32;
+    while (i != IO_NONE32) {
+        struct io_timer *t = &w->timers[i];
+        uint32_t next = t->next_free;
+        bool run = t->state == IO_TS_READY && w->phase != IO_PHASE_QUIESCE;
+        void (*cb)(void *) = t->cb;
+        void *arg = t->arg;
+        /* Released first, as for a kernel timer: the callback may add timers, this slot
+         * included (it is then linked anew, after |next| was read). */
+        timer_release(w, t);
+        if (run) {
+            cb(arg);
+            ran++;
+        }
+        i = next;
+    }
+    return ran;
 }
 
 void io_timer_cqe(struct io_worker *w, const struct io_uring_cqe *cqe)
@@ -303,8 +350,12 @@ void io_watch_quiesce(struct io_worker *w)
         }
     }
     if (w->timers != NULL)
-        for (uint32_t i = 0; i < w->timer_cap; i++)
+        for (uint32_t i = 0; i < w->timer_cap; i++) {
             if (w->timers[i].state == IO_TS_ARMED)
                 w->timers[i].state = IO_TS_CANCELED;
+            else if (w->timers[i].state == IO_TS_READY)
+                w->timers[i].state = IO_TS_READY_CANCELED;
+        }
+    /* Ready timers are released without their callbacks by the next io_timer_run_ready. */
     /* The caller cancels every operation still in flight; their completions release the slots. */
 }

@@ -393,6 +393,10 @@ static void t_on_data(struct io_conn *c, const uint8_t *data, size_t len)
         break;
     }
     case M_SINK:
+        /* Receiving is paused until sink_resume: nothing may arrive meanwhile (what the
+         * kernel still receives is held by the engine, not delivered). */
+        if (tc->timer != NULL)
+            atomic_fetch_add(&t->cb_bad, 1);
         tc->hash = fnv(tc->hash, data, len);
         tc->bytes += len;
         if (tc->timer == NULL) {
@@ -788,6 +792,7 @@ static void test_pause_resume_sink(void **state)
     assert_int_equal(atomic_load(&t->sink_hash), fnv(FNV_INIT, data, len));
     assert_int_equal(atomic_load(&t->reason_eof), 1);
     assert_true(atomic_load(&t->sink_pauses) > 1);
+    assert_int_equal(atomic_load(&t->cb_bad), 0);
     print_message("sink: %d pauses\n", atomic_load(&t->sink_pauses));
     assert_true(wait_closed(fd, 2000));
     close(fd);
@@ -1151,6 +1156,139 @@ static void test_timers(void **state)
     assert_true(atomic_load(&wc->fired_at[2]) >= 30);
     assert_true(atomic_load(&wc->fired_at[0]) < 100);
     t_stop(t);
+    free(wc);
+}
+
+/* 0 ms timers: run after the current callback, in order, never inside io_timer_add; one that a
+ * ready timer adds waits for a later loop iteration, so a chain of them cannot starve the loop
+ * (a kernel timer and a posted call run while the chain goes on); a cancelled one never runs;
+ * they count against timer_max. */
+struct zchain {
+    struct wcall *wc;
+    struct io_timer *self;
+    _Atomic int links;
+    _Atomic int stop;
+    _Atomic int seq[4];
+    _Atomic int seq_n;
+    _Atomic int inside; /* set while step_zero_timers runs */
+    _Atomic int ran_inside;
+};
+
+static void z_chain(void *arg)
+{
+    struct zchain *z = arg;
+    atomic_fetch_add(&z->links, 1);
+    if (atomic_load(&z->stop) || atomic_load(&z->links) >= 1000000)
+        return;
+    z->self = io_timer_add(z->wc->w, 0, z_chain, z);
+    if (z->self == NULL)
+        atomic_store(&z->wc->rc, -200);
+}
+
+static void z_stop(void *arg)
+{
+    struct zchain *z = arg;
+    atomic_store(&z->stop, 1);
+}
+
+static void z_seq(int i, struct zchain *z)
+{
+    if (atomic_load(&z->inside))
+        atomic_fetch_add(&z->ran_inside, 1);
+    int n = atomic_fetch_add(&z->seq_n, 1);
+    if (n < 4)
+        atomic_store(&z->seq[n], i);
+}
+
+static void z_a(void *arg)
+{
+    z_seq(1, arg);
+}
+static void z_b(void *arg)
+{
+    z_seq(2, arg);
+}
+static void z_c(void *arg)
+{
+    z_seq(3, arg);
+}
+
+static void step_zero_timers(void *arg)
+{
+    struct zchain *z = arg;
+    struct wcall *wc = z->wc;
+    struct io_timer *c, *extra[8];
+    int n = 0;
+    atomic_store(&z->inside, 1);
+    io_timer_add(wc->w, 0, z_a, z);
+    c = io_timer_add(wc->w, 0, z_c, z);
+    io_timer_add(wc->w, 0, z_b, z);
+    /* Cancelled before it ran: never runs; a second cancel finds nothing. */
+    if (io_timer_cancel(wc->w, c) != 0 || io_timer_cancel(wc->w, c) != -ENOENT)
+        atomic_store(&wc->rc, -100);
+    /* timer_max is 8, and the cancelled 0 ms timer keeps its slot until the loop frees it. */
+    for (int i = 0; i < 8; i++)
+        if ((extra[i] = io_timer_add(wc->w, 0, timer_cb, &wc->fired[7])) != NULL)
+            n++;
+    atomic_store(&wc->max_timers, n);
+    for (int i = 0; i < 8; i++)
+        if (extra[i] != NULL)
+            io_timer_cancel(wc->w, extra[i]);
+    atomic_store(&z->inside, 0);
+    atomic_store(&wc->done, 1);
+}
+
+static void step_done(void *arg)
+{
+    struct wcall *wc = arg;
+    atomic_store(&wc->done, 1);
+}
+
+static void step_zero_chain(void *arg)
+{
+    struct zchain *z = arg;
+    z->self = io_timer_add(z->wc->w, 0, z_chain, z);
+    if (z->self == NULL || io_timer_add(z->wc->w, 20, z_stop, z) == NULL)
+        atomic_store(&z->wc->rc, -300);
+}
+
+static void test_zero_timers(void **state)
+{
+    (void)state;
+    struct io_engine_config cfg = {.timer_max = 8};
+    struct tstate *t = t_start(&cfg);
+    struct wcall *wc = calloc(1, sizeof(*wc));
+    struct zchain *z = calloc(1, sizeof(*z));
+    assert_non_null(wc);
+    assert_non_null(z);
+    wc->t = t;
+    wc->w = io_engine_worker(t->e, 0);
+    z->wc = wc;
+    assert_int_equal(io_worker_post(wc->w, step_zero_timers, z), 0);
+    assert_true(WAIT_FOR(atomic_load(&wc->done) == 1 && atomic_load(&z->seq_n) == 2, 2000));
+    sleep_ms(20);
+    assert_int_equal(atomic_load(&wc->rc), 0);
+    assert_int_equal(atomic_load(&z->seq_n), 2); /* z_c was cancelled */
+    assert_int_equal(atomic_load(&z->seq[0]), 1);
+    assert_int_equal(atomic_load(&z->seq[1]), 2);
+    assert_int_equal(atomic_load(&z->ran_inside), 0);
+    assert_int_equal(atomic_load(&wc->max_timers), 5); /* 8 less a, b and the cancelled c */
+    assert_int_equal(atomic_load(&wc->fired[7]), 0);
+    /* A chain re-adding itself at 0 ms: the 20 ms kernel timer still fires and stops it, and a
+     * call posted from this thread runs meanwhile. */
+    assert_int_equal(io_worker_post(wc->w, step_zero_chain, z), 0);
+    assert_true(WAIT_FOR(atomic_load(&z->links) > 0, 2000));
+    atomic_store(&wc->done, 0);
+    assert_int_equal(io_worker_post(wc->w, step_done, wc), 0);
+    assert_true(WAIT_FOR(atomic_load(&wc->done) == 1, 2000));
+    assert_true(WAIT_FOR(atomic_load(&z->stop) == 1, 2000));
+    int links = atomic_load(&z->links);
+    sleep_ms(20);
+    assert_int_equal(atomic_load(&z->links), links); /* stopped */
+    assert_int_equal(atomic_load(&wc->rc), 0);
+    print_message("zero timers: %d chained 0 ms timers ran in 20 ms\n", links);
+    t_stop(t);
+    free(z);
     free(wc);
 }
 
@@ -1580,6 +1718,7 @@ int main(void)
         cmocka_unit_test(test_refuse_in_on_accept),
         cmocka_unit_test(test_watch),
         cmocka_unit_test(test_timers),
+        cmocka_unit_test(test_zero_timers),
         cmocka_unit_test(test_connect),
         cmocka_unit_test(test_post),
         cmocka_unit_test(test_drain_and_stop),
