@@ -1056,12 +1056,41 @@ static void dl_tick_cb(void *arg)
     dl_schedule(dl, DL_TICK_MS);
 }
 
-/* dl_schedule makes the next tick run within |ms| (an earlier one stays). */
+static void dl_kick_cb(void *arg)
+{
+    struct cmtpd_delivery *dl = arg;
+    dl->kick = NULL;
+    dl_tick(dl);
+}
+
+/* dl_timer_result logs, once until a timer is had again, that no timer could be added. */
+static void dl_timer_result(struct cmtpd_delivery *dl, const struct io_timer *t)
+{
+    if (t == NULL && !dl->timer_failed) {
+        /* The worker is out of timers (or exiting): the next completion or claim tries again. */
+        dl->timer_failed = true;
+        CMTP_LOG(cmtpd_delivery_log(dl), CMTP_LOG_WARN, "delivery-timer-failed");
+    } else if (t != NULL) {
+        dl->timer_failed = false;
+    }
+}
+
+/* dl_schedule makes the next tick run within |ms| (an earlier one stays). A tick asked for now
+ * is a separate 0 ms timer, which the loop runs without the kernel; the periodic timer is left
+ * armed (cancelling and re-arming it for every completion cost two kernel timer operations per
+ * delivered message), so a kick adds one tick, it never delays one. */
 static void dl_schedule(struct cmtpd_delivery *dl, uint64_t ms)
 {
     uint64_t due = io_worker_now_ms(dl->w->io) + ms;
     if (dl->stopping)
         return;
+    if (ms == 0) {
+        if (dl->kick == NULL) {
+            dl->kick = io_timer_add(dl->w->io, 0, dl_kick_cb, dl);
+            dl_timer_result(dl, dl->kick);
+        }
+        return;
+    }
     if (dl->timer != NULL) {
         if (dl->timer_due <= due)
             return;
@@ -1070,13 +1099,7 @@ static void dl_schedule(struct cmtpd_delivery *dl, uint64_t ms)
     }
     dl->timer = io_timer_add(dl->w->io, ms, dl_tick_cb, dl);
     dl->timer_due = due;
-    if (dl->timer == NULL && !dl->timer_failed) {
-        /* The worker is out of timers (or exiting): the next completion or claim tries again. */
-        dl->timer_failed = true;
-        CMTP_LOG(cmtpd_delivery_log(dl), CMTP_LOG_WARN, "delivery-timer-failed");
-    } else if (dl->timer != NULL) {
-        dl->timer_failed = false;
-    }
+    dl_timer_result(dl, dl->timer);
 }
 
 static void dl_event_cb(void *arg, const struct queue_consumer_event *ev)
@@ -1177,6 +1200,9 @@ void cmtpd_delivery_stop(struct cmtpd_worker *w)
     if (dl->timer != NULL)
         io_timer_cancel(w->io, dl->timer);
     dl->timer = NULL;
+    if (dl->kick != NULL)
+        io_timer_cancel(w->io, dl->kick);
+    dl->kick = NULL;
     cmtpd_delivery_report_stop(dl);
     /* Bodies first (queue_consumer_free's contract), then the consumer (no callback runs
      * afterwards), then the jobs: their leases are abandoned and expire, and another node or a

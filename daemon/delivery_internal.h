@@ -222,8 +222,9 @@ struct cmtpd_delivery {
     struct cmtpd_worker *w;
     struct queue_consumer *qc;
     uint32_t lease_ms;
-    struct io_timer *timer; /* the next tick */
+    struct io_timer *timer; /* the next periodic tick */
     uint64_t timer_due;     /* monotonic ms of |timer| */
+    struct io_timer *kick;  /* a tick asked for now (0 ms: never a kernel timer) */
     bool claiming;          /* a claim is in flight */
     size_t claim_asked;     /* leases the claim in flight asked for */
     bool timer_failed;      /* io_timer_add failed: logged once */
