@@ -145,4 +145,8 @@ const char *queue_record_strerror(enum queue_record_err err);
  * at |data|, continuing from |crc| (0 to start). */
 uint32_t queue_crc32c(uint32_t crc, const uint8_t *data, size_t len);
 
+/* queue_crc32c_portable is |queue_crc32c| without the CPU's CRC32 instruction (queue_crc32c uses
+ * it where the CPU has SSE4.2); the tests check that both agree. */
+uint32_t queue_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
+
 #endif

@@ -166,6 +166,22 @@ static void test_crc32c_vector(void **state)
     /* Incremental == one shot. */
     uint32_t c = queue_crc32c(0, (const uint8_t *)"1234", 4);
     assert_int_equal(queue_crc32c(c, (const uint8_t *)"56789", 5), 0xe3069283u);
+    assert_int_equal(queue_crc32c_portable(0, (const uint8_t *)"123456789", 9), 0xe3069283u);
+    /* The instruction path and the table agree at every length, alignment and split. */
+    uint8_t buf[600];
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        buf[i] = (uint8_t)x;
+    }
+    for (size_t off = 0; off < 9; off++)
+        for (size_t len = 0; len + off <= sizeof(buf); len += 1 + len / 16) {
+            uint32_t want = queue_crc32c_portable(0, buf + off, len);
+            assert_int_equal(queue_crc32c(0, buf + off, len), want);
+            size_t cut = len / 3;
+            assert_int_equal(
+                queue_crc32c(queue_crc32c(0, buf + off, cut), buf + off + cut, len - cut), want);
+        }
 }
 
 static void test_round_trip(void **state)
