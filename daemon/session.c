@@ -43,12 +43,14 @@ struct cmtpd_sess {
     uint64_t txn_deadline_ms;        /* whole-transaction deadline, 0 when none */
     uint64_t commit_start_us;        /* when the commit was sent (latency histogram) */
     enum sess_phase phase;
-    bool send_inflight; /* one io send at a time, straight from the TLS chain */
-    size_t send_len;    /* octets of that send */
-    bool waiting;       /* the state machine waits for Redis (commit or backpressure) */
-    bool recv_paused;   /* io receive paused while input waits */
-    bool txn_failed;    /* the body stream failed: answer 451 at END */
-    bool closed;        /* io_conn_close called */
+    bool send_inflight;  /* one io send at a time, straight from the TLS chain */
+    size_t send_len;     /* octets of that send */
+    bool waiting;        /* the state machine waits for Redis (commit or backpressure) */
+    bool recv_paused;    /* io receive paused while input waits */
+    bool recv_lazy;      /* ... lazily (io_conn_pause_recv_lazy): only a commit is awaited */
+    bool waiting_commit; /* |waiting| is for the commit (not the queue's backpressure) */
+    bool txn_failed;     /* the body stream failed: answer 451 at END */
+    bool closed;         /* io_conn_close called */
 };
 
 static void sess_pump(struct cmtpd_sess *s);
@@ -233,6 +235,7 @@ static void sess_writable(void *arg)
 {
     struct cmtpd_sess *s = arg;
     s->waiting = false;
+    s->waiting_commit = false;
     sess_pump(s);
 }
 
@@ -315,6 +318,7 @@ static void sess_commit_done(void *arg, const struct queue_commit_result *r)
     struct cmtp_srv_end_answer a = {.result = CMTP_SRV_END_TEMPFAIL};
     s->txn = NULL; /* freed by the queue after this callback */
     s->waiting = false;
+    s->waiting_commit = false;
     switch (r->status) {
     case QUEUE_COMMIT_ACCEPTED:
         a.result = CMTP_SRV_END_ACCEPTED;
@@ -360,6 +364,7 @@ static void sess_end(struct cmtpd_sess *s, const struct cmtp_srv_event *ev)
         s->commit_start_us = mono_us();
         if (queue_txn_commit(s->txn, digest, sess_commit_done, s) == 0) {
             s->waiting = true;
+            s->waiting_commit = true;
             return;
         }
     }
@@ -526,14 +531,23 @@ static void sess_pump(struct cmtpd_sess *s)
     if (s->closed)
         return;
     bool pending_in = s->rbuf != NULL && s->roff < s->rlen;
-    bool hold = s->waiting || (pending_in && s->phase == SESS_OPEN) ||
-                tls_conn_out_pending(s->tls) > TLS_OUT_PENDING_MAX;
-    if (hold && !s->recv_paused) {
+    bool hold_full = (pending_in && s->phase == SESS_OPEN) || (s->waiting && !s->waiting_commit) ||
+                     tls_conn_out_pending(s->tls) > TLS_OUT_PENDING_MAX;
+    /* Waiting for a commit alone is short and the client waits too: a lazy pause (no receive
+     * cancelled and re-armed per message). Input piling up or a peer that does not read our
+     * output: a full one. */
+    if (hold_full && (!s->recv_paused || s->recv_lazy)) {
         io_conn_pause_recv(s->c);
         s->recv_paused = true;
-    } else if (!hold && s->recv_paused) {
+        s->recv_lazy = false;
+    } else if (!hold_full && s->waiting && !s->recv_paused) {
+        io_conn_pause_recv_lazy(s->c);
+        s->recv_paused = true;
+        s->recv_lazy = true;
+    } else if (!hold_full && !s->waiting && s->recv_paused) {
         io_conn_resume_recv(s->c);
         s->recv_paused = false;
+        s->recv_lazy = false;
     }
     if (!pending_in && s->rbuf != NULL && !s->rbuf_scratch) {
         OPENSSL_cleanse(s->rbuf, s->rlen);

@@ -75,7 +75,9 @@ struct cmtpd_smtp {
     bool send_inflight;
     bool send_tls; /* the send in flight is ciphertext from |tls| (else |out|) */
     bool recv_paused;
-    bool waiting; /* a commit or the queue's backpressure */
+    bool recv_lazy;      /* paused lazily: only a commit is awaited (session.c) */
+    bool waiting_commit; /* |waiting| is for the commit (not the queue's backpressure) */
+    bool waiting;        /* a commit or the queue's backpressure */
     bool closed;
 
     /* The transaction. */
@@ -293,6 +295,7 @@ static void si_writable(void *arg)
 {
     struct cmtpd_smtp *s = arg;
     s->waiting = false;
+    s->waiting_commit = false;
     si_pump(s);
 }
 
@@ -471,6 +474,7 @@ static void si_commit_done(void *arg, const struct queue_commit_result *r)
     struct cmtp_smtps_end_answer a = {.result = CMTP_SMTPS_END_TEMPFAIL};
     s->txn = NULL; /* freed by the queue after this callback */
     s->waiting = false;
+    s->waiting_commit = false;
     if (r->status == QUEUE_COMMIT_ACCEPTED) {
         a.result = CMTP_SMTPS_END_ACCEPTED;
         a.qid = r->qid;
@@ -505,6 +509,7 @@ static void si_end(struct cmtpd_smtp *s, const struct cmtp_smtps_event *ev)
         s->policy_from = psrc;
         if (queue_txn_commit_unsized(s->txn, size, digest, &pol, si_commit_done, s) == 0) {
             s->waiting = true;
+            s->waiting_commit = true;
             return;
         }
     }
@@ -678,15 +683,22 @@ static void si_pump(struct cmtpd_smtp *s)
     if (s->closed)
         return;
     bool pending_in = s->in != NULL && s->in_off < s->in_len;
-    bool hold = s->waiting || pending_in ||
-                (s->tls != NULL && s->phase == SI_TLS &&
-                 tls_conn_out_pending(s->tls) > TLS_OUT_PENDING_MAX);
-    if (hold && !s->recv_paused) {
+    bool hold_full = pending_in || (s->waiting && !s->waiting_commit) ||
+                     (s->tls != NULL && s->phase == SI_TLS &&
+                      tls_conn_out_pending(s->tls) > TLS_OUT_PENDING_MAX);
+    /* As in session.c: waiting for a commit alone pauses lazily. */
+    if (hold_full && (!s->recv_paused || s->recv_lazy)) {
         io_conn_pause_recv(s->c);
         s->recv_paused = true;
-    } else if (!hold && s->recv_paused) {
+        s->recv_lazy = false;
+    } else if (!hold_full && s->waiting && !s->recv_paused) {
+        io_conn_pause_recv_lazy(s->c);
+        s->recv_paused = true;
+        s->recv_lazy = true;
+    } else if (!hold_full && !s->waiting && s->recv_paused) {
         io_conn_resume_recv(s->c);
         s->recv_paused = false;
+        s->recv_lazy = false;
     }
     if (!pending_in && s->in != NULL) {
         OPENSSL_cleanse(s->in, s->in_len);

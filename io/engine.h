@@ -260,6 +260,16 @@ unsigned io_conn_send_queued(const struct io_conn *c);
  * Idempotent. */
 void io_conn_pause_recv(struct io_conn *c);
 
+/* io_conn_pause_recv_lazy stops on_data for |c| like io_conn_pause_recv, but leaves the receive
+ * armed until data actually arrives: the first octets that come during the pause are held and
+ * cancel it then. For a short pause during which the peer is expected to wait (a session waiting
+ * for its commit): a peer that waits costs no cancellation and no new receive; one that sends
+ * pins at most the one burst the kernel delivers before the cancellation (up to its retry limit
+ * of buffers). Anything longer or driven by the peer (it does not read our output) must use
+ * io_conn_pause_recv, which also turns a lazy pause into a full one. Resumed by
+ * io_conn_resume_recv. Idempotent. */
+void io_conn_pause_recv_lazy(struct io_conn *c);
+
 /* io_conn_resume_recv delivers what was held by io_conn_pause_recv (on a later loop iteration,
  * never from inside this call) and receives again. Idempotent. */
 void io_conn_resume_recv(struct io_conn *c);

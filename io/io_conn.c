@@ -685,8 +685,8 @@ static void conn_process(struct io_worker *w, struct io_conn *c)
         if (!stop && !(f & (IO_CF_RECV | IO_CF_NOBUF_WAIT)))
             arm_recv(w, c);
         else if (stop && (f & IO_CF_RECV) && !(f & (IO_CF_RECV_CANCEL | IO_CF_CANCEL_ALL)) &&
-                 ((f & (IO_CF_CLOSING | IO_CF_ABORT | IO_CF_PEER_EOF)) ||
-                  c->held_head != IO_NONE16))
+                 (!(f & IO_CF_PAUSE_LAZY) || c->held_head != IO_NONE16 ||
+                  (f & (IO_CF_CLOSING | IO_CF_ABORT | IO_CF_PEER_EOF))))
             cancel_recv(w, c);
         if (!(c->flags & (IO_CF_SEND | IO_CF_ABORT)) && c->sq_head != IO_NONE32)
             submit_send(w, c);
@@ -753,8 +753,17 @@ void io_conn_abort(struct io_conn *c)
 
 void io_conn_pause_recv(struct io_conn *c)
 {
+    if ((c->flags & (IO_CF_PAUSED | IO_CF_PAUSE_LAZY)) != IO_CF_PAUSED) {
+        /* Paused, or a lazy pause made eager: the receive is cancelled now. */
+        c->flags = (c->flags | IO_CF_PAUSED) & ~IO_CF_PAUSE_LAZY;
+        conn_pend(c->w, c);
+    }
+}
+
+void io_conn_pause_recv_lazy(struct io_conn *c)
+{
     if (!(c->flags & IO_CF_PAUSED)) {
-        c->flags |= IO_CF_PAUSED;
+        c->flags |= IO_CF_PAUSED | IO_CF_PAUSE_LAZY;
         conn_pend(c->w, c);
     }
 }
@@ -762,7 +771,7 @@ void io_conn_pause_recv(struct io_conn *c)
 void io_conn_resume_recv(struct io_conn *c)
 {
     if (c->flags & IO_CF_PAUSED) {
-        c->flags &= ~IO_CF_PAUSED;
+        c->flags &= ~(IO_CF_PAUSED | IO_CF_PAUSE_LAZY);
         conn_pend(c->w, c);
     }
 }

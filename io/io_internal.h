@@ -81,6 +81,7 @@ enum { IO_CONN_FREE = 0, IO_CONN_CONNECTING, IO_CONN_OPEN };
 #define IO_CF_REASON_SET 0x10000u      /* |reason| is final */
 #define IO_CF_FINAL 0x20000u           /* on_close is under way */
 #define IO_CF_CONNECT_CANCEL 0x40000u  /* the connect's cancellation was submitted */
+#define IO_CF_PAUSE_LAZY 0x80000u      /* io_conn_pause_recv_lazy: cancel only when data comes */
 
 /* io_conn is one connection slot of a worker's slab (kept <= 128 octets: two cache lines). */
 struct io_conn {

@@ -194,6 +194,7 @@ static const int mode_tags[M_MODES] = {M_ECHO,  M_SINK,  M_SQLIMIT, M_DEADLINE, 
 struct tstate {
     struct io_engine *e;
     struct io_engine_config cfg;
+    bool sink_lazy; /* M_SINK pauses with io_conn_pause_recv_lazy */
     uint16_t port[M_MODES];
     uint8_t *big; /* BIG_LEN of pattern, for M_FLUSH and M_ABORT */
     uint8_t pat[PAT_LEN];
@@ -400,7 +401,10 @@ static void t_on_data(struct io_conn *c, const uint8_t *data, size_t len)
         tc->hash = fnv(tc->hash, data, len);
         tc->bytes += len;
         if (tc->timer == NULL) {
-            io_conn_pause_recv(c);
+            if (t->sink_lazy)
+                io_conn_pause_recv_lazy(c);
+            else
+                io_conn_pause_recv(c);
             atomic_fetch_add(&t->sink_pauses, 1);
             tc->timer = io_timer_add(io_conn_worker(c), 1, sink_resume, tc);
             if (tc->timer == NULL)
@@ -772,11 +776,11 @@ static void test_echo_stream_tiny_ring(void **state)
     t_stop(t);
 }
 
-static void test_pause_resume_sink(void **state)
+static void pause_resume_sink(bool lazy)
 {
-    (void)state;
     struct io_engine_config cfg = {.buf_count = 16, .buf_size = 4096};
     struct tstate *t = t_start(&cfg);
+    t->sink_lazy = lazy;
     const size_t len = 1024u * 1024u;
     uint8_t *data = malloc(len);
     uint64_t seed = 555;
@@ -798,6 +802,21 @@ static void test_pause_resume_sink(void **state)
     close(fd);
     free(data);
     t_stop(t);
+}
+
+/* The sink pauses after every delivery and a 1 ms timer resumes it: 1 MiB arrives whole and in
+ * order through a ring of 16 buffers, and nothing is delivered while paused. */
+static void test_pause_resume_sink(void **state)
+{
+    (void)state;
+    pause_resume_sink(false);
+}
+
+/* The same with lazy pauses: the receive stays armed until data comes during a pause. */
+static void test_pause_lazy_sink(void **state)
+{
+    (void)state;
+    pause_resume_sink(true);
 }
 
 static void test_send_queue_limit(void **state)
@@ -1710,6 +1729,7 @@ int main(void)
         cmocka_unit_test(test_echo_many),
         cmocka_unit_test(test_echo_stream_tiny_ring),
         cmocka_unit_test(test_pause_resume_sink),
+        cmocka_unit_test(test_pause_lazy_sink),
         cmocka_unit_test(test_send_queue_limit),
         cmocka_unit_test(test_graceful_close_flushes),
         cmocka_unit_test(test_abort_cancels_sends),
