@@ -62,7 +62,9 @@
  * consumer looks at this shard again without waiting for a sweep). Each destination's
  * concurrency counter is read once per script (a local copy follows the leases it takes), and
  * once the batch is full and |more| known no further item is looked at: a claim over a long
- * backlog of one destination costs one HGET, not one per due entry. */
+ * backlog of one destination costs one HGET, not one per due entry. The lease writes are batched:
+ * one ZREM, one ZADD and one HSET for all the entries leased (in steps of 512), one HINCRBY per
+ * destination; a redis.call costs more than the command it runs (about 1.5 µs in Redis 7.0). */
 static const char lua_claim[] = LUA_PRELUDE
     "local lease_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local climit, cmax, scan = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
@@ -83,6 +85,13 @@ static const char lua_claim[] = LUA_PRELUDE
     "  end\n"
     "end\n"
     "local out, full, conc, ni, nb, more = {}, {}, {}, 0, 0, 0\n"
+    "local zr, za, hs, ci = {}, {}, {}, {}\n"
+    "local function bulk(cmd, key, a, w)\n"
+    "  local step = 512 * w\n"
+    "  for i = 1, #a, step do\n"
+    "    redis.call(cmd, key, unpack(a, i, math.min(i + step - 1, #a)))\n"
+    "  end\n"
+    "end\n"
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan)\n"
     "for _, x in ipairs(due) do\n"
     "  if ni >= batch and nb >= bbatch and more == 1 then break end\n"
@@ -109,12 +118,14 @@ static const char lua_claim[] = LUA_PRELUDE
     "  end\n"
     "  if ok then\n"
     "    local tok = ARGV[1] .. (#out + 1)\n"
-    "    redis.call('ZREM', KEYS[1], x)\n"
-    "    redis.call('ZADD', P .. 'leases', now + lease_ms, x)\n"
-    "    redis.call('HSET', P .. 'lease', x, tok)\n"
+    "    zr[#zr + 1] = x\n"
+    "    za[#za + 1] = now + lease_ms\n"
+    "    za[#za + 1] = x\n"
+    "    hs[#hs + 1] = x\n"
+    "    hs[#hs + 1] = tok\n"
     "    local h = redis.call('HMGET', P .. 'it:' .. x, 'tries', 'crashes')\n"
     "    local env, ver, b = false, false, false\n"
-    "    if d then redis.call('HINCRBY', P .. 'conc', d, 1)\n"
+    "    if d then ci[d] = (ci[d] or 0) + 1\n"
     "    else\n"
     "      env = redis.call('GET', P .. 'env:' .. x)\n"
     "      if env then\n"
@@ -126,6 +137,10 @@ static const char lua_claim[] = LUA_PRELUDE
     "    out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env, ver, b}\n"
     "  end\n"
     "end\n"
+    "bulk('ZREM', KEYS[1], zr, 1)\n"
+    "bulk('ZADD', P .. 'leases', za, 2)\n"
+    "bulk('HSET', P .. 'lease', hs, 2)\n"
+    "for d, n in pairs(ci) do redis.call('HINCRBY', P .. 'conc', d, n) end\n"
     "local busy = 0\n"
     "if #exp >= 64 or #due > #out then busy = 1 end\n"
     "return {tostring(now), dead, out, more, busy}\n";

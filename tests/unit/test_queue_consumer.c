@@ -1548,6 +1548,80 @@ static void test_claim_batched(void **state)
     queue_consumer_free(c);
 }
 
+struct bulk_res {
+    bool done;
+    int err;
+    size_t n;
+    struct queue_consumer_lease **l;
+};
+
+static void bulk_cb(void *arg, int err, struct queue_consumer_lease **leases, size_t n)
+{
+    struct bulk_res *r = arg;
+    r->done = true;
+    r->err = err;
+    r->n = n;
+    r->l = malloc((n + 1) * sizeof(*r->l));
+    assert_non_null(r->l);
+    memcpy(r->l, leases, n * sizeof(*leases));
+}
+
+static bool bulk_done(void *arg)
+{
+    return ((struct bulk_res *)arg)->done;
+}
+
+/* One CLAIM script leasing more entries than one batched write takes (512): 600 messages to one
+ * destination are split and their 600 items leased in one call (the items' home shard gets one
+ * script for all of them); every item is leased once, the lease set, the token hash and the
+ * concurrency counter agree, and completing them all leaves nothing behind. */
+static void test_claim_bulk(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    struct queue_consumer_config cfg;
+    struct bulk_res r = {0};
+    char qid[CMTP_QID_MAX + 1], key[QUEUE_KEY_MAX], item[QUEUE_CONSUMER_ITEM_MAX];
+    const char *dom[] = {"bulk.example", NULL};
+
+    ccfg(&cfg, "nodeA");
+    cfg.concurrency_per_dest = 1000;
+    cfg.claim_batch = QUEUE_CONSUMER_BATCH_MAX;
+    struct queue_consumer *c = copen(&cfg);
+    for (int i = 0; i < N; i++) {
+        struct qmsg *m = msg_to(100 + (size_t)i % 50, dom);
+        send_msg(m, qid);
+        qmsg_free(m);
+    }
+    assert_int_equal(queue_consumer_claim(c, N, bulk_cb, &r), 0);
+    assert_true(poll_loop_run_until(fx.pl, bulk_done, &r, 10000));
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.n, N);
+    unsigned h = queue_consumer_item_shard("bulk.example", 16);
+    assert_int_equal(zcard(ckey(key, h, "leases", NULL)), N);
+    const char *hlen[] = {"HLEN", ckey(key, h, "lease", NULL)};
+    assert_int_equal(qfix_int(&fx, 2, hlen), N);
+    const char *conc[] = {"HGET", ckey(key, h, "conc", NULL), "bulk.example"};
+    redisReply *cr = qfix_cmd(&fx, 3, conc);
+    assert_int_equal(cr->type, REDIS_REPLY_STRING);
+    assert_int_equal(atoi(cr->str), N);
+    freeReplyObject(cr);
+    for (size_t i = 0; i < r.n; i++) {
+        item_name(item, queue_consumer_lease_qid(r.l[i]), "bulk.example");
+        assert_true(zscore(ckey(key, h, "leases", NULL), item) > 0);
+        for (size_t k = 0; k < i; k++)
+            assert_string_not_equal(queue_consumer_lease_qid(r.l[k]),
+                                    queue_consumer_lease_qid(r.l[i]));
+    }
+    for (size_t i = 0; i < r.n; i++)
+        finish(r.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+    free(r.l);
+    assert_int_equal(zcard(ckey(key, h, "leases", NULL)), 0);
+    assert_int_equal(count_keys_with(":env:"), 0);
+    assert_int_equal(count_keys_with(":conc"), 0);
+    queue_consumer_free(c);
+}
+
 struct sum_res {
     bool done;
     int err;
@@ -1932,6 +2006,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quarantine, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_body_iterator, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_claim_batched, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_claim_bulk, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_misuse, test_setup, test_teardown),
