@@ -96,8 +96,9 @@ struct cmtp_envelope {
     uint64_t size;                   /* declared body size in octets */
     uint8_t digest[CMTP_DIGEST_LEN]; /* declared SHA-256 of the body */
     struct cmtp_policy policy;
-    char report_txid[CMTP_TXID_MAX + 1]; /* REPORT= (status report), or "" */
-    struct cmtp_trace trace[CMTP_TRACE_MAX];
+    char report_txid[CMTP_TXID_MAX + 1];     /* REPORT= (status report), or "" */
+    struct cmtp_trace trace[CMTP_TRACE_MAX]; /* the first trace_count are in use; the rest may
+                                              * hold anything (decoders need not clear them) */
     unsigned trace_count;
 };
 

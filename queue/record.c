@@ -3,6 +3,7 @@
 #include "queue/record.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -483,6 +484,7 @@ static bool r_done(const struct rbuf *r)
 
 static bool parse_trace(struct rbuf *r, struct cmtp_trace *t)
 {
+    memset(t, 0, sizeof(*t)); /* queue_record_decode leaves the trace array to this */
     t->hop = r_u32(r);
     r_str(r, t->by, CMTP_DOMAIN_MAX);
     r_str(r, t->from, CMTP_DOMAIN_MAX);
@@ -627,7 +629,12 @@ enum queue_record_err queue_record_decode(struct queue_record *rec, const uint8_
     const size_t min = QUEUE_RECORD_HEADER_LEN + QUEUE_RECORD_TRAILER_LEN;
     size_t n_rcpts = 0;
 
-    memset(rec, 0, sizeof(*rec));
+    /* Everything but the trace array is zeroed here; each trace record decoded is zeroed before
+     * it is filled, and those past trace_count are never read (cmtp_envelope's contract). The
+     * array is 32 records, 27 KiB: zeroing it was most of a decode's cost (7 % of cmtpd's CPU
+     * in the relay bench, one decode per lease). */
+    memset(rec, 0, offsetof(struct queue_record, env.trace));
+    memset(&rec->env.trace_count, 0, sizeof(*rec) - offsetof(struct queue_record, env.trace_count));
     if (buf == NULL || len < 8)
         return QUEUE_RECORD_ERR_TRUNCATED;
     if (memcmp(buf, QUEUE_RECORD_MAGIC, 4) != 0)

@@ -68,7 +68,8 @@ struct queue_txn_meta {
 
 /* queue_record is a decoded record. |rcpts| is owned by the record (queue_record_cleanup frees
  * it). The structure is large (the envelope holds CMTP_TRACE_MAX trace records): allocate it on
- * the heap. */
+ * the heap. After queue_record_decode, the trace records past |env.trace_count| are unspecified
+ * (not zeroed): read only the first trace_count. */
 struct queue_record {
     char qid[CMTP_QID_MAX + 1];
     char node[QUEUE_NODE_MAX + 1]; /* node that accepted the message */

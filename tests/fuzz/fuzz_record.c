@@ -4,6 +4,7 @@
  * Input: one mode octet, then the record. Mode bit 0 set: the length field and the CRC32C are
  * fixed up before decoding, so that mutations reach the field parser instead of stopping at the
  * checksum; clear: the octets are decoded as they are (length and checksum checks). */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,11 @@ static void check_same(const struct queue_record *a, const struct queue_record *
     check(strcmp(a->node, b->node) == 0);
     check(a->created_ms == b->created_ms);
     check(a->attempts == b->attempts);
-    check(memcmp(&a->env, &b->env, sizeof(a->env)) == 0);
+    /* The envelope field by field up to the trace array, then the trace records in use (those
+     * past trace_count are left as they were by the decoder). */
+    check(memcmp(&a->env, &b->env, offsetof(struct cmtp_envelope, trace)) == 0);
+    check(a->env.trace_count == b->env.trace_count);
+    check(memcmp(a->env.trace, b->env.trace, a->env.trace_count * sizeof(a->env.trace[0])) == 0);
     check(memcmp(&a->meta, &b->meta, sizeof(a->meta)) == 0);
     check(a->n_rcpts == b->n_rcpts);
     check(memcmp(a->rcpts, b->rcpts, a->n_rcpts * sizeof(*a->rcpts)) == 0);
