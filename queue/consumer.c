@@ -31,6 +31,12 @@
     "local P = string.sub(KEYS[1], 1, -6)\n"                                                       \
     "local T = redis.call('TIME')\n"                                                               \
     "local now = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)\n"                      \
+    "local function bulk(cmd, key, a, w)\n"                                                        \
+    "  local step = 512 * w\n"                                                                     \
+    "  for i = 1, #a, step do\n"                                                                   \
+    "    redis.call(cmd, key, unpack(a, i, math.min(i + step - 1, #a)))\n"                         \
+    "  end\n"                                                                                      \
+    "end\n"                                                                                        \
     "local function dest_of(x)\n"                                                                  \
     "  local s = string.find(x, '/', 1, true)\n"                                                   \
     "  if s then return string.sub(x, s + 1) end\n"                                                \
@@ -86,12 +92,6 @@ static const char lua_claim[] = LUA_PRELUDE
     "end\n"
     "local out, full, conc, ni, nb, more = {}, {}, {}, 0, 0, 0\n"
     "local zr, za, hs, ci = {}, {}, {}, {}\n"
-    "local function bulk(cmd, key, a, w)\n"
-    "  local step = 512 * w\n"
-    "  for i = 1, #a, step do\n"
-    "    redis.call(cmd, key, unpack(a, i, math.min(i + step - 1, #a)))\n"
-    "  end\n"
-    "end\n"
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan)\n"
     "for _, x in ipairs(due) do\n"
     "  if ni >= batch and nb >= bbatch and more == 1 then break end\n"
@@ -145,24 +145,51 @@ static const char lua_claim[] = LUA_PRELUDE
     "if #exp >= 64 or #due > #out then busy = 1 end\n"
     "return {tostring(now), dead, out, more, busy}\n";
 
-/* ADOPT (destination home shard). ARGV: the work items of a new message. Each is scheduled due
- * now unless it exists already in any state (a repeated adoption after a crash). */
+/* ADOPT (destination home shard). ARGV: 1 token prefix, 2 lease ms, 3 concurrency per
+ * destination, 4 how many items the caller may lease now, 5... the work items of new messages.
+ * An item that exists already in any state is skipped (a repeated adoption after a crash). A new
+ * one is leased to the caller at once (token prefix .. n, like CLAIM) while room is left and its
+ * destination holds fewer than half its concurrency limit in leases, so that items already
+ * scheduled keep the other half; else it is scheduled due now. Returns {added, {{item, token}...
+ * leased}, now}. The caller split these messages moments ago and holds their records: an item
+ * leased here needs neither a CLAIM nor a READ. */
 static const char lua_adopt[] = LUA_PRELUDE
-    "local n = 0\n"
-    "for i = 1, #ARGV do\n"
+    "local tokp, lease_ms = ARGV[1], tonumber(ARGV[2])\n"
+    "local climit, room = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local n, out, conc, ci, zs, za, hs = 0, {}, {}, {}, {}, {}, {}\n"
+    "for i = 5, #ARGV do\n"
     "  local x = ARGV[i]\n"
     "  if not redis.call('ZSCORE', KEYS[1], x) and not redis.call('ZSCORE', P .. 'leases', x)\n"
     "     and not redis.call('ZSCORE', P .. 'held', x)\n"
     "     and not redis.call('ZSCORE', P .. 'dead', x) then\n"
-    "    redis.call('ZADD', KEYS[1], now, x)\n"
     "    n = n + 1\n"
+    "    local d = dest_of(x)\n"
+    "    local c = d and conc[d]\n"
+    "    if d and not c then\n"
+    "      c = tonumber(redis.call('HGET', P .. 'conc', d) or '0')\n"
+    "      conc[d] = c\n"
+    "    end\n"
+    "    if d and #out < room and c * 2 < climit then\n"
+    "      conc[d] = c + 1\n"
+    "      ci[d] = (ci[d] or 0) + 1\n"
+    "      local tok = tokp .. (#out + 1)\n"
+    "      za[#za + 1] = now + lease_ms\n"
+    "      za[#za + 1] = x\n"
+    "      hs[#hs + 1] = x\n"
+    "      hs[#hs + 1] = tok\n"
+    "      out[#out + 1] = {x, tok}\n"
+    "    else\n"
+    "      zs[#zs + 1] = now\n"
+    "      zs[#zs + 1] = x\n"
+    "    end\n"
     "  end\n"
     "end\n"
-    "return n\n";
+    "bulk('ZADD', KEYS[1], zs, 2)\n"
+    "bulk('ZADD', P .. 'leases', za, 2)\n"
+    "bulk('HSET', P .. 'lease', hs, 2)\n"
+    "for d, k in pairs(ci) do redis.call('HINCRBY', P .. 'conc', d, k) end\n"
+    "return {n, out, tostring(now)}\n";
 
-/* FINISH. ARGV: 1 item, 2 token, 3 mode: 'fin' (done: forget it), 'retry' (ARGV 4 delay ms,
- * 5 reason: due again later, one more try), 'release' (due now, nothing counted). Only the
- * leaseholder may: {'lost'} otherwise. Returns {'ok', when due again (0 for fin)}. */
 static const char lua_finish[] =
     LUA_PRELUDE "local x = ARGV[1]\n"
                 "if redis.call('HGET', P .. 'lease', x) ~= ARGV[2] then return {'lost', '0'} end\n"
@@ -1539,6 +1566,55 @@ static struct qc_pre *pre_find(struct queue_consumer *c, const char *qid)
     return NULL;
 }
 
+/* claim_take_item turns the work item |item| (of message |qid| in shard |smsg|, destination
+ * |dest|), leased with |token| on its home shard |shard| at Redis time |now|, into a lease of
+ * |cl|: from the record this consumer kept when it split the message (no READ), else read. */
+static void claim_take_item(struct qc_claim *cl, const char *item, size_t item_len, const char *qid,
+                            const char *dest, unsigned smsg, unsigned shard, const char *token,
+                            uint32_t tries, uint32_t crashes, long long now)
+{
+    struct queue_consumer *c = cl->c;
+
+    if (cl->taken >= cl->max)
+        return; /* cannot happen (the batches sum to the room left): it expires */
+    struct queue_consumer_lease *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return;
+    l->c = c;
+    memcpy(l->item, item, item_len);
+    l->item[item_len] = '\0';
+    snprintf(l->qid, sizeof(l->qid), "%s", qid);
+    snprintf(l->dest, sizeof(l->dest), "%s", dest);
+    snprintf(l->token, sizeof(l->token), "%s", token);
+    l->shard_msg = smsg;
+    l->shard_item = shard;
+    l->tries = tries;
+    l->crashes = crashes;
+    l->expires_ms = (int64_t)now + c->lease_ms;
+    struct qc_pre *pre = pre_find(c, qid);
+    if (pre != NULL) {
+        /* Split by this consumer moments ago: the record read then (no READ). */
+        cl->taken++;
+        item_loaded(cl, l, (const char *)pre->rec, pre->rec_len, pre->ver, pre->ver_len,
+                    pre->has_body ? (const char *)pre->body : NULL, pre->body_len);
+        c->st.prefetched++;
+        if (--pre->uses_left == 0)
+            pre_drop(c, pre);
+        return;
+    }
+    char pmax[16];
+    snprintf(pmax, sizeof(pmax), "%u", QC_PREFETCH_MAX);
+    const char *args[2] = {qid, pmax};
+    size_t slot = cl->taken++;
+    cl->wk[slot] = l;
+    if (qc_evals(c, QS_READ, smsg, 2, args, on_item_read, cl, slot) == 0) {
+        cl->pending++;
+    } else {
+        cl->wk[slot] = NULL;
+        lease_free(l);
+    }
+}
+
 /* adopt_add appends the item `<qid>/<dest>` to |cl|'s adoptions into home shard |h|. */
 static int adopt_add(struct qc_claim *cl, unsigned h, const char *qid, const char *dest)
 {
@@ -1709,34 +1785,69 @@ static void on_adopt(struct queue_consumer *c, void *ctx, uintptr_t tag, const r
 {
     struct qc_claim *cl = ctx;
     unsigned h = (unsigned)tag;
+    long long added, now;
+    char qid[CMTP_QID_MAX + 1], dest[CMTP_DOMAIN_MAX + 1];
+    unsigned smsg;
 
-    (void)c;
-    if (r == NULL || r->type != REDIS_REPLY_INTEGER)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        !r_ll(r->element[0], &added) || r->element[1]->type != REDIS_REPLY_ARRAY ||
+        !r_ll(r->element[2], &now)) {
         cl->ad[h].fail = true;
-    else if (r->integer > 0)
-        cl->again[h] = c->busy_hint[h] = 1; /* new items are due there now */
+    } else {
+        const redisReply *lz = r->element[1];
+        if ((size_t)added > lz->elements)
+            cl->again[h] = c->busy_hint[h] = 1; /* new items are due there now */
+        for (size_t i = 0; i < lz->elements; i++) {
+            const redisReply *e = lz->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || !r_str(e->element[0]) ||
+                !r_str(e->element[1]) || e->element[1]->len >= QC_TOKEN_MAX ||
+                !split_item(c, e->element[0]->str, e->element[0]->len, qid, dest, &smsg) ||
+                dest[0] == '\0')
+                continue; /* malformed: its lease expires */
+            char token[QC_TOKEN_MAX];
+            memcpy(token, e->element[1]->str, e->element[1]->len);
+            token[e->element[1]->len] = '\0';
+            c->st.adopt_leased++;
+            claim_take_item(cl, e->element[0]->str, e->element[0]->len, qid, dest, smsg, h, token,
+                            0, 0, now);
+        }
+    }
     if (--cl->rpend == 0)
         round_end(cl);
 }
 
-/* round_adopt sends the round's adoptions, one ADOPT per home shard. */
+/* round_adopt sends the round's adoptions, one ADOPT per home shard. The room the claim has
+ * left is shared between them in order: each may lease that many of its new items at once. */
 static void round_adopt(struct qc_claim *cl)
 {
     struct queue_consumer *c = cl->c;
+    size_t room = cl->max - cl->taken;
+    char tokp[QC_TOKEN_MAX], lease_s[16], conc_s[16], room_s[16];
 
+    snprintf(lease_s, sizeof(lease_s), "%u", c->lease_ms);
+    snprintf(conc_s, sizeof(conc_s), "%u", c->conc);
     for (unsigned h = 0; cl->ad != NULL && h < c->shards; h++) {
         struct qc_adopt *a = &cl->ad[h];
         if (a->n == 0)
             continue;
-        const char **args = calloc(a->n, sizeof(*args));
-        size_t *lens = calloc(a->n, sizeof(*lens));
+        size_t share = a->n < room ? a->n : room;
+        room -= share;
+        const char **args = calloc(a->n + 4, sizeof(*args));
+        size_t *lens = calloc(a->n + 4, sizeof(*lens));
         int rc = -ENOMEM;
         if (args != NULL && lens != NULL) {
-            for (size_t i = 0; i < a->n; i++) {
-                args[i] = a->buf + a->off[i];
-                lens[i] = a->off[i + 1] - a->off[i];
+            snprintf(tokp, sizeof(tokp), "%s#%016llx#", c->node, (unsigned long long)rng_next(c));
+            snprintf(room_s, sizeof(room_s), "%zu", share);
+            const char *head[4] = {tokp, lease_s, conc_s, room_s};
+            for (size_t i = 0; i < 4; i++) {
+                args[i] = head[i];
+                lens[i] = strlen(head[i]);
             }
-            rc = qc_eval(c, QS_ADOPT, h, a->n, args, lens, on_adopt, cl, h);
+            for (size_t i = 0; i < a->n; i++) {
+                args[4 + i] = a->buf + a->off[i];
+                lens[4 + i] = a->off[i + 1] - a->off[i];
+            }
+            rc = qc_eval(c, QS_ADOPT, h, a->n + 4, args, lens, on_adopt, cl, h);
         }
         free(args);
         free(lens);
@@ -1795,44 +1906,8 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
             bare_take(cl, shard, qid, token, e->element[4], e->element[5], e->element[6]);
             continue;
         }
-        if (cl->taken >= cl->max)
-            continue; /* cannot happen (the batches sum to the room left): it expires */
-        struct queue_consumer_lease *l = calloc(1, sizeof(*l));
-        if (l == NULL)
-            continue;
-        l->c = c;
-        memcpy(l->item, e->element[0]->str, e->element[0]->len);
-        l->item[e->element[0]->len] = '\0';
-        memcpy(l->qid, qid, sizeof(qid));
-        memcpy(l->dest, dest, sizeof(dest));
-        memcpy(l->token, token, sizeof(token));
-        l->shard_msg = smsg;
-        l->shard_item = shard;
-        l->tries = r_u32(e->element[2]);
-        l->crashes = r_u32(e->element[3]);
-        l->expires_ms = (int64_t)now + c->lease_ms;
-        struct qc_pre *pre = pre_find(c, qid);
-        if (pre != NULL) {
-            /* Split by this consumer moments ago: the record read then (no READ). */
-            cl->taken++;
-            item_loaded(cl, l, (const char *)pre->rec, pre->rec_len, pre->ver, pre->ver_len,
-                        pre->has_body ? (const char *)pre->body : NULL, pre->body_len);
-            c->st.prefetched++;
-            if (--pre->uses_left == 0)
-                pre_drop(c, pre);
-            continue;
-        }
-        char pmax[16];
-        snprintf(pmax, sizeof(pmax), "%u", QC_PREFETCH_MAX);
-        const char *args[2] = {qid, pmax};
-        size_t slot = cl->taken++;
-        cl->wk[slot] = l;
-        if (qc_evals(c, QS_READ, smsg, 2, args, on_item_read, cl, slot) == 0) {
-            cl->pending++;
-        } else {
-            cl->wk[slot] = NULL;
-            lease_free(l);
-        }
+        claim_take_item(cl, e->element[0]->str, e->element[0]->len, qid, dest, smsg, shard, token,
+                        r_u32(e->element[2]), r_u32(e->element[3]), now);
     }
 out:
     if (--cl->rpend == 0)

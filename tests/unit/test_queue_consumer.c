@@ -1233,7 +1233,13 @@ static void test_concurrency_limit(void **state)
         send_msg(m, qid);
         qmsg_free(m);
     }
+    struct queue_consumer_stats st0, st1;
+    queue_consumer_get_stats(A, &st0);
     assert_int_equal(claim(A, 20, &ra), 4); /* 2 busy + 2 free */
+    queue_consumer_get_stats(A, &st1);
+    /* The split leases at once only below half the limit: one item of each destination; the
+     * second of each comes from a CLAIM of the scheduled ones. */
+    assert_int_equal(st1.adopt_leased - st0.adopt_leased, 2);
     unsigned nbusy = 0;
     for (size_t i = 0; i < ra.n; i++)
         nbusy += strcmp(queue_consumer_lease_dest(ra.l[i]), "busy.example") == 0;
@@ -1504,9 +1510,12 @@ static void test_claim_batched(void **state)
     queue_consumer_get_stats(c, &st0);
     assert_int_equal(claim(c, 80, &cr), 80); /* 40 messages split, 2 items each, one call */
     queue_consumer_get_stats(c, &st1);
-    /* Per round: one CLAIM per shard, one ADOPT per home shard, one FINISHN per message shard;
-     * per item: one READ. Far below one command per shard and per step of every message. */
-    assert_true(st1.cmds_sent - st0.cmds_sent <= 2 * 16 + 2 + 16 + 80);
+    /* One round: one CLAIM per shard, one ADOPT per home shard (which leases the 80 items at
+     * once: 40 per destination is below half its limit of 100), one FINISHN per message shard;
+     * no second round, no READ (the records came with the split). */
+    assert_true(st1.cmds_sent - st0.cmds_sent <= 16 + 2 + 16);
+    assert_int_equal(st1.adopt_leased - st0.adopt_leased, 80);
+    assert_int_equal(st1.prefetched - st0.prefetched, 80);
     for (size_t i = 0; i < cr.n; i++) {
         const struct queue_record *rec = queue_consumer_lease_record(cr.l[i]);
         size_t len = (size_t)rec->env.size;
@@ -1571,21 +1580,56 @@ static bool bulk_done(void *arg)
     return ((struct bulk_res *)arg)->done;
 }
 
-/* One CLAIM script leasing more entries than one batched write takes (512): 600 messages to one
- * destination are split and their 600 items leased in one call (the items' home shard gets one
- * script for all of them); every item is leased once, the lease set, the token hash and the
- * concurrency counter agree, and completing them all leaves nothing behind. */
+/* bulk_claim runs one claim of up to |max| leases (any number: the array is the callback's). */
+static void bulk_claim(struct queue_consumer *c, size_t max, struct bulk_res *r)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(queue_consumer_claim(c, max, bulk_cb, r), 0);
+    assert_true(poll_loop_run_until(fx.pl, bulk_done, r, 10000));
+    assert_int_equal(r->err, 0);
+}
+
+/* bulk_check checks that |n| leases of "bulk.example" are live in its home shard and that the
+ * lease set, the token hash and the concurrency counter agree, each item leased once. */
+static void bulk_check(const struct bulk_res *r, size_t n)
+{
+    char key[QUEUE_KEY_MAX], item[QUEUE_CONSUMER_ITEM_MAX];
+    unsigned h = queue_consumer_item_shard("bulk.example", 16);
+    assert_int_equal(zcard(ckey(key, h, "leases", NULL)), n);
+    const char *hlen[] = {"HLEN", ckey(key, h, "lease", NULL)};
+    assert_int_equal(qfix_int(&fx, 2, hlen), n);
+    const char *conc[] = {"HGET", ckey(key, h, "conc", NULL), "bulk.example"};
+    redisReply *cr = qfix_cmd(&fx, 3, conc);
+    assert_int_equal(cr->type, REDIS_REPLY_STRING);
+    assert_int_equal(atoi(cr->str), n);
+    freeReplyObject(cr);
+    for (size_t i = 0; i < r->n; i++) {
+        item_name(item, queue_consumer_lease_qid(r->l[i]), "bulk.example");
+        assert_true(zscore(ckey(key, h, "leases", NULL), item) > 0);
+        for (size_t k = 0; k < i; k++)
+            assert_string_not_equal(queue_consumer_lease_qid(r->l[k]),
+                                    queue_consumer_lease_qid(r->l[i]));
+    }
+}
+
+/* Scripts leasing more entries than one batched write takes (512): 600 messages to one
+ * destination are split by a claim of one (ADOPT leases one item at once and schedules the other
+ * 599), then a second claim leases the 599 in one CLAIM script; 600 more are split and leased by
+ * their ADOPT directly (the destination is below half its concurrency limit). Every item is
+ * leased once, the lease set, token hash and concurrency counter agree, and completing them all
+ * leaves nothing behind. */
 static void test_claim_bulk(void **state)
 {
     (void)state;
     enum { N = 600 };
     struct queue_consumer_config cfg;
-    struct bulk_res r = {0};
-    char qid[CMTP_QID_MAX + 1], key[QUEUE_KEY_MAX], item[QUEUE_CONSUMER_ITEM_MAX];
+    struct queue_consumer_stats st0, st1;
+    struct bulk_res r1, r2, r3;
+    char qid[CMTP_QID_MAX + 1];
     const char *dom[] = {"bulk.example", NULL};
 
     ccfg(&cfg, "nodeA");
-    cfg.concurrency_per_dest = 1000;
+    cfg.concurrency_per_dest = 2000;
     cfg.claim_batch = QUEUE_CONSUMER_BATCH_MAX;
     struct queue_consumer *c = copen(&cfg);
     for (int i = 0; i < N; i++) {
@@ -1593,32 +1637,42 @@ static void test_claim_bulk(void **state)
         send_msg(m, qid);
         qmsg_free(m);
     }
-    assert_int_equal(queue_consumer_claim(c, N, bulk_cb, &r), 0);
-    assert_true(poll_loop_run_until(fx.pl, bulk_done, &r, 10000));
-    assert_int_equal(r.err, 0);
-    assert_int_equal(r.n, N);
-    unsigned h = queue_consumer_item_shard("bulk.example", 16);
-    assert_int_equal(zcard(ckey(key, h, "leases", NULL)), N);
-    const char *hlen[] = {"HLEN", ckey(key, h, "lease", NULL)};
-    assert_int_equal(qfix_int(&fx, 2, hlen), N);
-    const char *conc[] = {"HGET", ckey(key, h, "conc", NULL), "bulk.example"};
-    redisReply *cr = qfix_cmd(&fx, 3, conc);
-    assert_int_equal(cr->type, REDIS_REPLY_STRING);
-    assert_int_equal(atoi(cr->str), N);
-    freeReplyObject(cr);
-    for (size_t i = 0; i < r.n; i++) {
-        item_name(item, queue_consumer_lease_qid(r.l[i]), "bulk.example");
-        assert_true(zscore(ckey(key, h, "leases", NULL), item) > 0);
-        for (size_t k = 0; k < i; k++)
-            assert_string_not_equal(queue_consumer_lease_qid(r.l[k]),
-                                    queue_consumer_lease_qid(r.l[i]));
-    }
-    for (size_t i = 0; i < r.n; i++)
-        finish(r.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
-    free(r.l);
-    assert_int_equal(zcard(ckey(key, h, "leases", NULL)), 0);
+    queue_consumer_get_stats(c, &st0);
+    bulk_claim(c, 1, &r1);
+    assert_int_equal(r1.n, 1);
+    bulk_claim(c, N, &r2);
+    assert_int_equal(r2.n, N - 1);
+    queue_consumer_get_stats(c, &st1);
+    assert_int_equal(st1.adopt_leased - st0.adopt_leased, 1);
+    assert_int_equal(st1.adopted - st0.adopted, N);
+    bulk_check(&r2, N);
+    for (size_t i = 0; i < r1.n; i++)
+        finish(r1.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+    for (size_t i = 0; i < r2.n; i++)
+        finish(r2.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+    free(r1.l);
+    free(r2.l);
     assert_int_equal(count_keys_with(":env:"), 0);
     assert_int_equal(count_keys_with(":conc"), 0);
+
+    for (int i = 0; i < N; i++) {
+        struct qmsg *m = msg_to(100 + (size_t)i % 50, dom);
+        send_msg(m, qid);
+        qmsg_free(m);
+    }
+    queue_consumer_get_stats(c, &st0);
+    bulk_claim(c, N, &r3);
+    assert_int_equal(r3.n, N);
+    queue_consumer_get_stats(c, &st1);
+    assert_int_equal(st1.adopt_leased - st0.adopt_leased, N);
+    assert_int_equal(st1.prefetched - st0.prefetched, N); /* no READ */
+    bulk_check(&r3, N);
+    for (size_t i = 0; i < r3.n; i++)
+        finish(r3.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+    free(r3.l);
+    assert_int_equal(count_keys_with(":env:"), 0);
+    assert_int_equal(count_keys_with(":conc"), 0);
+    assert_int_equal(count_keys_with(":lease"), 0);
     queue_consumer_free(c);
 }
 
