@@ -1676,6 +1676,57 @@ static void test_claim_bulk(void **state)
     queue_consumer_free(c);
 }
 
+/* FINISHN over more entries than one batched command takes (512), run directly: 600 leased new
+ * messages of one shard, of which 590 are finished, 5 carry a stale token (not ours: untouched)
+ * and 5 are released (due again). */
+static void test_finishn_bulk(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    char lkey[QUEUE_KEY_MAX], hkey[QUEUE_KEY_MAX], sched[QUEUE_KEY_MAX];
+    char x[N][32], tok[N][32], itk[QUEUE_KEY_MAX];
+    const char *src = NULL;
+    for (unsigned i = 0; queue_consumer_script(i) != NULL; i++)
+        if (strstr(queue_consumer_script(i), "redis.call('HMGET', P .. 'lease'") != NULL)
+            src = queue_consumer_script(i);
+    assert_non_null(src);
+    ckey(lkey, 5, "leases", NULL);
+    ckey(hkey, 5, "lease", NULL);
+    ckey(sched, 5, "sched", NULL);
+    const char **argv = calloc(3 + 3 * N, sizeof(*argv));
+    assert_non_null(argv);
+    argv[0] = "EVAL";
+    argv[1] = src;
+    argv[2] = "1";
+    argv[3] = sched;
+    for (int i = 0; i < N; i++) {
+        snprintf(x[i], sizeof(x[i]), "01JBULK%011d-5", i);
+        snprintf(tok[i], sizeof(tok[i]), "nodeA#00#%d", i);
+        const char *za[] = {"ZADD", lkey, "99999999999999", x[i]};
+        qfix_int(&fx, 4, za);
+        const char *hs[] = {"HSET", hkey, x[i], tok[i]};
+        qfix_int(&fx, 4, hs);
+        const char *it[] = {"HSET", ckey(itk, 5, "it", x[i]), "crashes", "1"};
+        qfix_int(&fx, 4, it);
+        argv[4 + 3 * i] = x[i];
+        argv[5 + 3 * i] = i % 100 == 7 ? "stale-token" : tok[i];
+        argv[6 + 3 * i] = i % 100 == 9 ? "release" : "fin";
+    }
+    assert_int_equal(qfix_int(&fx, 4 + 3 * N, argv), N - 6);
+    free(argv);
+    /* The 6 stale ones stay leased; the 6 released are due again; the rest are gone. */
+    assert_int_equal(zcard(lkey), 6);
+    const char *hl[] = {"HLEN", hkey};
+    assert_int_equal(qfix_int(&fx, 2, hl), 6);
+    assert_int_equal(zcard(sched), 6);
+    assert_int_equal(count_keys_with(":it:"), 12);
+    for (int i = 0; i < N; i++) {
+        bool stale = i % 100 == 7, rel = i % 100 == 9;
+        assert_true((zscore(lkey, x[i]) >= 0) == stale);
+        assert_true((zscore(sched, x[i]) >= 0) == rel);
+    }
+}
+
 struct sum_res {
     bool done;
     int err;
@@ -2061,6 +2112,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_body_iterator, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_claim_batched, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_claim_bulk, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_finishn_bulk, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_misuse, test_setup, test_teardown),
