@@ -682,9 +682,12 @@ def main():
                          "delivered %s msgs/s to the LMTP sink (%s× the ingest-only median); "
                          "%s messages accepted in a run were not yet delivered at its end. The "
                          "sink used %s %% of one CPU over the run. On this machine cmtpd, Redis "
-                         "and the sink share two cores: every delivered message costs cmtpd its "
-                         "claim, its body read, the LMTP transaction on a pooled connection and "
-                         "the completion (three Redis round trips with fsync) on top of its "
+                         "and the sink share two cores: every delivered message costs cmtpd "
+                         "its claim (the script that leases the new message with its record and "
+                         "first body chunk, the split that leases its work items at once, the "
+                         "script that closes the split), the LMTP transaction on a pooled "
+                         "connection and the completion (record update, then lease release), "
+                         "each Redis write waiting for an fsync, on top of its "
                          "ingest, so relay cannot reach 0.8× of an ingest that has both cores; "
                          "the scaling runs show where more cores go." % (
                              rel["ingest"].fmt(), rel["e2e"].fmt(), num(r),
