@@ -190,6 +190,9 @@ static const char lua_adopt[] = LUA_PRELUDE
     "for d, k in pairs(ci) do redis.call('HINCRBY', P .. 'conc', d, k) end\n"
     "return {n, out, tostring(now)}\n";
 
+/* FINISH. ARGV: 1 item, 2 token, 3 mode: 'fin' (done: forget it), 'retry' (ARGV 4 delay ms,
+ * 5 reason: due again later, one more try), 'release' (due now, nothing counted). Only the
+ * leaseholder may: {'lost'} otherwise. Returns {'ok', when due again (0 for fin)}. */
 static const char lua_finish[] =
     LUA_PRELUDE "local x = ARGV[1]\n"
                 "if redis.call('HGET', P .. 'lease', x) ~= ARGV[2] then return {'lost', '0'} end\n"
