@@ -335,10 +335,11 @@ void io_watch_set(struct io_watch *wt, bool want_read, bool want_write);
  * request of it. NULL is a no-op. */
 void io_watch_free(struct io_watch *wt);
 
-/* io_timer_add arms a one-shot timer calling |cb|(|arg|) once, |ms| milliseconds from now (0: on
- * the next loop iteration; never from inside io_timer_add). Returns a handle valid until the
- * callback starts or io_timer_cancel, or NULL when timer_max timers are pending or the worker is
- * exiting. */
+/* io_timer_add arms a one-shot timer calling |cb|(|arg|) once, |ms| milliseconds from now (0:
+ * after the completions of the current loop iteration, from a ready list without a kernel
+ * timeout; one added by such a callback runs on the next iteration; never from inside
+ * io_timer_add). Returns a handle valid until the callback starts or io_timer_cancel, or NULL
+ * when timer_max timers are pending or the worker is exiting. */
 struct io_timer *io_timer_add(struct io_worker *w, uint64_t ms, void (*cb)(void *arg), void *arg);
 
 /* io_timer_cancel cancels the pending timer |t| of |w|: its callback will not run. Allowed from
