@@ -46,8 +46,6 @@ struct cmtpd_sess {
     bool send_inflight;  /* one io send at a time, straight from the TLS chain */
     size_t send_len;     /* octets of that send */
     bool waiting;        /* the state machine waits for Redis (commit or backpressure) */
-    bool recv_paused;    /* io receive paused while input waits */
-    bool recv_lazy;      /* ... lazily (io_conn_pause_recv_lazy): only a commit is awaited */
     bool waiting_commit; /* |waiting| is for the commit (not the queue's backpressure) */
     bool txn_failed;     /* the body stream failed: answer 451 at END */
     bool closed;         /* io_conn_close called */
@@ -534,21 +532,9 @@ static void sess_pump(struct cmtpd_sess *s)
     bool hold_full = (pending_in && s->phase == SESS_OPEN) || (s->waiting && !s->waiting_commit) ||
                      tls_conn_out_pending(s->tls) > TLS_OUT_PENDING_MAX;
     /* Waiting for a commit alone is short and the client waits too: a lazy pause (no receive
-     * cancelled and re-armed per message). Input piling up or a peer that does not read our
-     * output: a full one. */
-    if (hold_full && (!s->recv_paused || s->recv_lazy)) {
-        io_conn_pause_recv(s->c);
-        s->recv_paused = true;
-        s->recv_lazy = false;
-    } else if (!hold_full && s->waiting && !s->recv_paused) {
-        io_conn_pause_recv_lazy(s->c);
-        s->recv_paused = true;
-        s->recv_lazy = true;
-    } else if (!hold_full && !s->waiting && s->recv_paused) {
-        io_conn_resume_recv(s->c);
-        s->recv_paused = false;
-        s->recv_lazy = false;
-    }
+     * cancelled and re-armed per message). Input piling up, the queue's backpressure or a peer
+     * that does not read our output: a full one. */
+    io_conn_hold_recv(s->c, hold_full ? IO_HOLD_FULL : s->waiting ? IO_HOLD_LAZY : IO_HOLD_NONE);
     if (!pending_in && s->rbuf != NULL && !s->rbuf_scratch) {
         OPENSSL_cleanse(s->rbuf, s->rlen);
         free(s->rbuf);

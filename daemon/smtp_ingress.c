@@ -73,9 +73,7 @@ struct cmtpd_smtp {
     uint8_t out[CMTP_SMTPS_OUT_MAX]; /* plaintext output being sent (before TLS) */
     size_t out_len;
     bool send_inflight;
-    bool send_tls; /* the send in flight is ciphertext from |tls| (else |out|) */
-    bool recv_paused;
-    bool recv_lazy;      /* paused lazily: only a commit is awaited (session.c) */
+    bool send_tls;       /* the send in flight is ciphertext from |tls| (else |out|) */
     bool waiting_commit; /* |waiting| is for the commit (not the queue's backpressure) */
     bool waiting;        /* a commit or the queue's backpressure */
     bool closed;
@@ -687,19 +685,7 @@ static void si_pump(struct cmtpd_smtp *s)
                      (s->tls != NULL && s->phase == SI_TLS &&
                       tls_conn_out_pending(s->tls) > TLS_OUT_PENDING_MAX);
     /* As in session.c: waiting for a commit alone pauses lazily. */
-    if (hold_full && (!s->recv_paused || s->recv_lazy)) {
-        io_conn_pause_recv(s->c);
-        s->recv_paused = true;
-        s->recv_lazy = false;
-    } else if (!hold_full && s->waiting && !s->recv_paused) {
-        io_conn_pause_recv_lazy(s->c);
-        s->recv_paused = true;
-        s->recv_lazy = true;
-    } else if (!hold_full && !s->waiting && s->recv_paused) {
-        io_conn_resume_recv(s->c);
-        s->recv_paused = false;
-        s->recv_lazy = false;
-    }
+    io_conn_hold_recv(s->c, hold_full ? IO_HOLD_FULL : s->waiting ? IO_HOLD_LAZY : IO_HOLD_NONE);
     if (!pending_in && s->in != NULL) {
         OPENSSL_cleanse(s->in, s->in_len);
         free(s->in);

@@ -270,6 +270,17 @@ void io_conn_pause_recv(struct io_conn *c);
  * io_conn_resume_recv. Idempotent. */
 void io_conn_pause_recv_lazy(struct io_conn *c);
 
+/* io_hold is the receive state an upper layer wants for a connection (io_conn_hold_recv). */
+enum io_hold {
+    IO_HOLD_NONE = 0, /* receive */
+    IO_HOLD_LAZY,     /* io_conn_pause_recv_lazy, unless already paused (a full pause stays) */
+    IO_HOLD_FULL,     /* io_conn_pause_recv (a lazy pause becomes a full one) */
+};
+
+/* io_conn_hold_recv applies |h| to |c|: an upper layer calls it after each event with the state
+ * it wants, and nothing happens when that is already the state. */
+void io_conn_hold_recv(struct io_conn *c, enum io_hold h);
+
 /* io_conn_resume_recv delivers what was held by io_conn_pause_recv (on a later loop iteration,
  * never from inside this call) and receives again. Idempotent. */
 void io_conn_resume_recv(struct io_conn *c);

@@ -768,6 +768,21 @@ void io_conn_pause_recv_lazy(struct io_conn *c)
     }
 }
 
+void io_conn_hold_recv(struct io_conn *c, enum io_hold h)
+{
+    switch (h) {
+    case IO_HOLD_FULL:
+        io_conn_pause_recv(c);
+        break;
+    case IO_HOLD_LAZY:
+        io_conn_pause_recv_lazy(c);
+        break;
+    case IO_HOLD_NONE:
+        io_conn_resume_recv(c);
+        break;
+    }
+}
+
 void io_conn_resume_recv(struct io_conn *c)
 {
     if (c->flags & IO_CF_PAUSED) {
