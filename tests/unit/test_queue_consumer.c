@@ -1693,7 +1693,7 @@ static void test_finishn_bulk(void **state)
     ckey(lkey, 5, "leases", NULL);
     ckey(hkey, 5, "lease", NULL);
     ckey(sched, 5, "sched", NULL);
-    const char **argv = calloc(3 + 3 * N, sizeof(*argv));
+    const char **argv = calloc(4 + 3 * N, sizeof(*argv));
     assert_non_null(argv);
     argv[0] = "EVAL";
     argv[1] = src;
