@@ -229,10 +229,9 @@ static const char lua_read[] =
 static const char lua_update[] = LUA_PRELUDE
     "local q = ARGV[1]\n"
     "local env, m = P .. 'env:' .. q, P .. 'm:' .. q\n"
-    "local cur = redis.call('GET', env)\n"
-    "if not cur then return {'gone'} end\n"
+    "if redis.call('EXISTS', env) == 0 then return {'gone'} end\n"
     "local ver = redis.call('HGET', m, 'ver') or '0'\n"
-    "if ver ~= ARGV[2] then return {'stale', cur, ver} end\n"
+    "if ver ~= ARGV[2] then return {'stale', redis.call('GET', env), ver} end\n"
     "if #ARGV[4] > 0 then\n"
     "  local item = ARGV[4]\n"
     "  if ARGV[6] == '1' then\n"
@@ -458,37 +457,52 @@ static const char lua_bulk[] = LUA_PRELUDE
     "end\n"
     "return n\n";
 
-/* FINISHN. ARGV: triples (item, token, mode 'fin' or 'release'): FINISH for several leased
- * items of one shard in one call (the new messages a claim split). The tokens are read in one
- * HMGET and the finished new messages' lease entries and state removed in one ZREM, one HDEL and
- * one DEL (in steps of 512). Returns how many were still ours. */
+/* FINISHN. ARGV: 5-tuples (item, token, mode, delay ms, reason), modes as FINISH's: FINISH for
+ * several leased entries of one shard in one call: the new messages a claim split, and the items
+ * of the completions of one loop iteration (12.5). The tokens are read in one HMGET; the lease
+ * entries and the state of the finished ones are removed in one ZREM, one HDEL and one DEL (in
+ * steps of 512) and the concurrency counters moved once per destination. Returns one entry per
+ * tuple: 'lost' (not ours: untouched) or when it is due again ('0' for fin), as FINISH. */
 static const char lua_finishn[] = LUA_PRELUDE
-    "local n, xs, toks = 0, {}, {}\n"
-    "for i = 1, #ARGV - 2, 3 do xs[#xs + 1] = ARGV[i] end\n"
+    "local xs, toks, res = {}, {}, {}\n"
+    "for i = 1, #ARGV - 4, 5 do xs[#xs + 1] = ARGV[i] end\n"
     "for i = 1, #xs, 512 do\n"
     "  local r = redis.call('HMGET', P .. 'lease', unpack(xs, i, math.min(i + 511, #xs)))\n"
     "  for k = 1, #r do toks[#toks + 1] = r[k] end\n"
     "end\n"
-    "local zr, hd, dl = {}, {}, {}\n"
+    "local zr, dl, cd = {}, {}, {}\n"
     "for k = 1, #xs do\n"
-    "  local x, i = xs[k], 3 * k - 2\n"
-    "  if toks[k] == ARGV[i + 1] then\n"
-    "    n = n + 1\n"
-    "    if ARGV[i + 2] == 'fin' and not dest_of(x) then\n"
-    "      zr[#zr + 1] = x\n"
-    "      hd[#hd + 1] = x\n"
+    "  local x, i = xs[k], 5 * k - 4\n"
+    "  if toks[k] ~= ARGV[i + 1] then\n"
+    "    res[k] = 'lost'\n"
+    "  else\n"
+    "    zr[#zr + 1] = x\n"
+    "    local d = dest_of(x)\n"
+    "    if d then cd[d] = (cd[d] or 0) + 1 end\n"
+    "    local mode, at = ARGV[i + 2], now\n"
+    "    if mode == 'fin' then\n"
     "      dl[#dl + 1] = P .. 'it:' .. x\n"
+    "      at = 0\n"
     "    else\n"
-    "      unlease(x)\n"
-    "      if ARGV[i + 2] == 'fin' then redis.call('DEL', P .. 'it:' .. x)\n"
-    "      else requeue(x, now) end\n"
+    "      if mode == 'retry' then\n"
+    "        local it = P .. 'it:' .. x\n"
+    "        at = now + tonumber(ARGV[i + 3])\n"
+    "        redis.call('HINCRBY', it, 'tries', 1)\n"
+    "        redis.call('HSET', it, 'err', ARGV[i + 4])\n"
+    "      end\n"
+    "      requeue(x, at)\n"
     "    end\n"
+    "    res[k] = tostring(at)\n"
     "  end\n"
     "end\n"
     "bulk('ZREM', P .. 'leases', zr, 1)\n"
-    "bulk('HDEL', P .. 'lease', hd, 1)\n"
+    "bulk('HDEL', P .. 'lease', zr, 1)\n"
     "for i = 1, #dl, 512 do redis.call('DEL', unpack(dl, i, math.min(i + 511, #dl))) end\n"
-    "return n\n";
+    "for d, k in pairs(cd) do\n"
+    "  if redis.call('HINCRBY', P .. 'conc', d, -k) <= 0 then redis.call('HDEL', P .. 'conc', d) "
+    "end\n"
+    "end\n"
+    "return res\n";
 
 enum qc_script {
     QS_CLAIM,
@@ -563,6 +577,9 @@ struct qc_job {
 #define QC_PRE_AGE_MS 2000u
 #define QC_PRE_BUCKETS 256u
 
+/* QC_FIN_BATCH_MAX bounds the completions one FINISHN finishes. */
+#define QC_FIN_BATCH_MAX 256u
+
 /* qc_pre is what the CLAIM that split a new message read of it in the same script (record,
  * version, first body chunk when small): the message's items, leased by a later claim round
  * or claim call of this consumer within QC_PRE_AGE_MS, start from it instead of a READ. Safe
@@ -615,6 +632,10 @@ struct queue_consumer {
     struct qc_pre *pre_head, *pre_tail; /* qc_pre entries, oldest first */
     struct qc_pre *pre_index[QC_PRE_BUCKETS];
     size_t pre_bytes;
+    /* completions waiting for their item's FINISH, sent at the end of the loop iteration */
+    struct qc_done *fin_head, *fin_tail;
+    size_t fin_n;
+    void *fin_timer;
 };
 
 struct queue_consumer_lease {
@@ -1747,8 +1768,8 @@ static void round_finish_bares(struct qc_claim *cl)
 
     if (cl->n_bares == 0)
         return;
-    args = calloc(cl->n_bares * 3, sizeof(*args));
-    lens = calloc(cl->n_bares * 3, sizeof(*lens));
+    args = calloc(cl->n_bares * 5, sizeof(*args));
+    lens = calloc(cl->n_bares * 5, sizeof(*lens));
     if (args == NULL || lens == NULL)
         goto out; /* out of memory: the leases expire, the split is repeated (ADOPT skips) */
     for (unsigned s = 0; s < c->shards; s++) {
@@ -1766,6 +1787,10 @@ static void round_finish_bares(struct qc_claim *cl)
             args[n] = fail ? "release" : "fin";
             lens[n] = strlen(args[n]);
             n++;
+            args[n] = "0";
+            lens[n++] = 1;
+            args[n] = "";
+            lens[n++] = 0;
             if (!fail && b->nh > 0)
                 c->st.adopted++;
             if (fail)
@@ -2266,6 +2291,8 @@ struct qc_done {
     uint64_t delay_ms;
     bool dest_final, all_final;
     char temp_reason[QUEUE_REASON_MAX];
+    bool fin;                 /* finish the item (else reschedule it) */
+    struct qc_done *fin_next; /* the consumer's list of items waiting to be finished */
     struct queue_consumer_done_result res;
     void (*cb)(void *arg, const struct queue_consumer_done_result *r);
     void *arg;
@@ -2318,26 +2345,25 @@ static void done_error(struct qc_done *d, const char *why)
 
 static int done_apply(struct qc_done *d);
 
-static void on_done_finish(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+/* done_finished ends |d| with |e|, its entry of the FINISHN reply (NULL: none came back). */
+static void done_finished(struct qc_done *d, const redisReply *e)
 {
-    struct qc_done *d = ctx;
+    struct queue_consumer *c = d->c;
     long long at = 0;
-    (void)tag;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !r_str(r->element[0])) {
+    if (e == NULL || !r_str(e)) {
         /* The record is updated; the item's lease expires and a claim finds it done. */
         done_error(d, "redis: work item not finished (its lease will expire)");
         return;
     }
-    if (r_is(r->element[0], "lost")) {
+    if (r_is(e, "lost")) {
         if (d->res.status == QUEUE_CONSUMER_DONE_OK) {
             d->res.status = QUEUE_CONSUMER_DONE_LOST;
             c->st.lost++;
             emit(c, QUEUE_CONSUMER_EV_LEASE_LOST, d->l->qid, d->l->dest,
                  "lease taken over before completion", 0);
         }
-    } else if (!d->dest_final && d->res.status == QUEUE_CONSUMER_DONE_OK &&
-               r_ll(r->element[1], &at)) {
+    } else if (!d->dest_final && d->res.status == QUEUE_CONSUMER_DONE_OK && r_ll(e, &at)) {
         d->res.rescheduled = true;
         d->res.next_attempt_ms = at;
         c->st.retried++;
@@ -2345,14 +2371,131 @@ static void on_done_finish(struct queue_consumer *c, void *ctx, uintptr_t tag, c
     done_complete(d);
 }
 
+/* qc_finb is one FINISHN sent for the completions of one home shard. It is a job only so that
+ * queue_consumer_free frees it; the completions are jobs of their own. */
+struct qc_finb {
+    struct qc_job j;
+    size_t n;
+    struct qc_done *d[];
+};
+
+static void finb_destroy(struct qc_job *j)
+{
+    free(j);
+}
+
+static void on_finb(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
+{
+    struct qc_finb *b = ctx;
+    bool ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+    (void)tag;
+
+    job_del(c, &b->j);
+    for (size_t i = 0; i < b->n; i++)
+        done_finished(b->d[i], ok ? r->element[i] : NULL);
+    free(b);
+}
+
+/* fin_send sends one FINISHN for up to QC_FIN_BATCH_MAX completions waiting on the home shard of
+ * the first one, taking them off the list; those it cannot send end in an error. */
+static void fin_send(struct queue_consumer *c)
+{
+    unsigned shard = c->fin_head->l->shard_item;
+    size_t n = 0;
+    struct qc_finb *b = malloc(sizeof(*b) + QC_FIN_BATCH_MAX * sizeof(b->d[0]));
+    const char **args = calloc(5 * QC_FIN_BATCH_MAX, sizeof(*args));
+    size_t *lens = calloc(5 * QC_FIN_BATCH_MAX, sizeof(*lens));
+    char(*delays)[24] = calloc(QC_FIN_BATCH_MAX, sizeof(*delays));
+
+    if (b == NULL || args == NULL || lens == NULL || delays == NULL) {
+        struct qc_done *d = c->fin_head;
+        c->fin_head = d->fin_next;
+        if (c->fin_head == NULL)
+            c->fin_tail = NULL;
+        c->fin_n--;
+        d->fin_next = NULL;
+        done_error(d, "out of memory (the work item's lease will expire)");
+        goto out;
+    }
+    /* Take the batch off the list first: the callbacks below may queue completions. */
+    c->fin_tail = NULL;
+    for (struct qc_done **pp = &c->fin_head; *pp != NULL;) {
+        struct qc_done *d = *pp;
+        if (d->l->shard_item != shard || n == QC_FIN_BATCH_MAX) {
+            c->fin_tail = d;
+            pp = &d->fin_next;
+            continue;
+        }
+        *pp = d->fin_next;
+        d->fin_next = NULL;
+        c->fin_n--;
+        b->d[n] = d;
+        snprintf(delays[n], sizeof(delays[n]), "%llu", (unsigned long long)d->delay_ms);
+        const char *v[5] = {d->l->item, d->l->token, d->fin ? "fin" : "retry", delays[n],
+                            d->temp_reason};
+        for (size_t k = 0; k < 5; k++) {
+            args[5 * n + k] = v[k];
+            lens[5 * n + k] = strlen(v[k]);
+        }
+        n++;
+    }
+    b->n = n;
+    job_add(c, &b->j, finb_destroy);
+    if (qc_eval(c, QS_FINISHN, shard, 5 * n, args, lens, on_finb, b, 0) == 0) {
+        c->st.finish_scripts++;
+        b = NULL;
+    } else {
+        job_del(c, &b->j);
+        for (size_t i = 0; i < n; i++)
+            done_error(b->d[i], "redis: work item not finished (its lease will expire)");
+    }
+out:
+    free(b);
+    free(args);
+    free(lens);
+    free(delays);
+}
+
+/* fin_flush sends the waiting completions' FINISHNs: one per home shard. */
+static void fin_flush(void *arg)
+{
+    struct queue_consumer *c = arg;
+
+    c->fin_timer = NULL;
+    while (c->fin_head != NULL)
+        fin_send(c);
+}
+
+/* done_finish_item finishes (|fin|) or reschedules the item of |d| once its record is updated.
+ * The FINISH waits for the end of the loop iteration, so that the completions of one iteration
+ * finish their items with one FINISHN per home shard: a busy destination's completions all land
+ * in one shard. A full batch goes at once. */
 static void done_finish_item(struct qc_done *d, bool fin)
 {
-    struct queue_consumer_lease *l = d->l;
-    char delay_s[24];
-    snprintf(delay_s, sizeof(delay_s), "%llu", (unsigned long long)d->delay_ms);
-    const char *args[5] = {l->item, l->token, fin ? "fin" : "retry", delay_s, d->temp_reason};
-    if (qc_evals(d->c, QS_FINISH, l->shard_item, 5, args, on_done_finish, d, 0) < 0)
-        done_error(d, "redis: work item not finished (its lease will expire)");
+    struct queue_consumer *c = d->c;
+
+    d->fin = fin;
+    d->fin_next = NULL;
+    if (c->fin_tail != NULL)
+        c->fin_tail->fin_next = d;
+    else
+        c->fin_head = d;
+    c->fin_tail = d;
+    c->fin_n++;
+    c->st.finish_items++;
+    if (c->fin_n >= QC_FIN_BATCH_MAX) {
+        if (c->fin_timer != NULL) {
+            c->loop.ops->timer_cancel(c->loop.loop, c->fin_timer);
+            c->fin_timer = NULL;
+        }
+        fin_flush(c);
+        return;
+    }
+    if (c->fin_timer == NULL) {
+        c->fin_timer = c->loop.ops->timer_add(c->loop.loop, 0, fin_flush, c);
+        if (c->fin_timer == NULL)
+            fin_flush(c);
+    }
 }
 
 static void on_update(struct queue_consumer *c, void *ctx, uintptr_t tag, const redisReply *r)
@@ -3775,6 +3918,8 @@ void queue_consumer_free(struct queue_consumer *c)
 {
     if (c == NULL)
         return;
+    if (c->fin_timer != NULL)
+        c->loop.ops->timer_cancel(c->loop.loop, c->fin_timer);
     queue_conn_free(&c->rc); /* outstanding commands end in on_reply while freeing */
     while (c->jobs != NULL) {
         struct qc_job *j = c->jobs;

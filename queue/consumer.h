@@ -101,23 +101,26 @@ struct queue_consumer_config {
 /* queue_consumer_stats are the counters of one consumer. */
 struct queue_consumer_stats {
     uint64_t cmds_sent, replies, errors, dropped, timeouts, connects, disconnects;
-    uint64_t claimed;      /* work items leased and handed out */
-    uint64_t prefetched;   /* of the items leased, those that started from the record the same
-                              claim read to split their message (no READ of their own) */
-    uint64_t adopted;      /* new messages split into work items */
-    uint64_t adopt_leased; /* of the items leased, those leased by the split itself (no CLAIM) */
-    uint64_t delivered;    /* recipients delivered */
-    uint64_t failed;       /* recipients failed permanently */
-    uint64_t expired;      /* recipients expired */
-    uint64_t retried;      /* work items rescheduled after a temporary failure */
-    uint64_t removed;      /* messages removed (every recipient final) */
-    uint64_t quarantined;  /* records quarantined by this consumer */
-    uint64_t dead;         /* work items dead-lettered by this consumer's claims */
-    uint64_t lost;         /* completions whose lease had been taken over */
-    uint64_t orphans;      /* work items dropped because their message was gone */
-    uint64_t stale;        /* completions that re-read a record changed by another node */
-    uint64_t reports;      /* report items queued */
-    unsigned inflight;     /* commands now outstanding */
+    uint64_t claimed;        /* work items leased and handed out */
+    uint64_t prefetched;     /* of the items leased, those that started from the record the same
+                                claim read to split their message (no READ of their own) */
+    uint64_t adopted;        /* new messages split into work items */
+    uint64_t adopt_leased;   /* of the items leased, those leased by the split itself (no CLAIM) */
+    uint64_t delivered;      /* recipients delivered */
+    uint64_t failed;         /* recipients failed permanently */
+    uint64_t expired;        /* recipients expired */
+    uint64_t retried;        /* work items rescheduled after a temporary failure */
+    uint64_t removed;        /* messages removed (every recipient final) */
+    uint64_t quarantined;    /* records quarantined by this consumer */
+    uint64_t dead;           /* work items dead-lettered by this consumer's claims */
+    uint64_t lost;           /* completions whose lease had been taken over */
+    uint64_t orphans;        /* work items dropped because their message was gone */
+    uint64_t stale;          /* completions that re-read a record changed by another node */
+    uint64_t reports;        /* report items queued */
+    uint64_t finish_items;   /* completed items finished or rescheduled after the record update */
+    uint64_t finish_scripts; /* FINISHN scripts that did so: one per home shard per loop
+                                iteration, so finish_items / finish_scripts is the batch size */
+    unsigned inflight;       /* commands now outstanding */
 };
 
 /* queue_consumer is one worker's delivery-side connection and state. */

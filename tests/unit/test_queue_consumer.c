@@ -1557,6 +1557,83 @@ static void test_claim_batched(void **state)
     queue_consumer_free(c);
 }
 
+/* Completions made together finish their items together: 80 items of 40 messages (two
+ * destinations, two home shards) completed at once are finished by a few FINISHN scripts, one per
+ * home shard and batch of replies, not one FINISH each; each completion still gets its own
+ * result: 10 temporary failures are rescheduled (one more try, the reason kept), one whose lease
+ * was taken over meanwhile is DONE_LOST and leaves that lease alone, the rest are finished. */
+static void test_done_batched(void **state)
+{
+    (void)state;
+    enum { N = 40, L = 2 * N };
+    struct queue_consumer_config cfg;
+    struct queue_consumer_stats st0, st1;
+    struct claim_res cr;
+    struct done_res d[L];
+    char qid[CMTP_QID_MAX + 1], key[QUEUE_KEY_MAX], item[QUEUE_CONSUMER_ITEM_MAX];
+    const char *dom[] = {"dest.example", "mx.other.example", NULL};
+    unsigned h0 = queue_consumer_item_shard(dom[0], 16), h1 = queue_consumer_item_shard(dom[1], 16);
+
+    assert_int_not_equal(h0, h1);
+    ccfg(&cfg, "nodeA");
+    cfg.concurrency_per_dest = 100;
+    struct queue_consumer *c = copen(&cfg);
+    for (int i = 0; i < N; i++) {
+        struct qmsg *m = msg_to(500 + (size_t)i, dom);
+        send_msg(m, qid);
+        qmsg_free(m);
+    }
+    assert_int_equal(claim(c, L, &cr), L);
+    /* Another node took the lease of the last item over. */
+    struct queue_consumer_lease *taken = cr.l[L - 1];
+    char tdest[CMTP_DOMAIN_MAX + 1];
+    snprintf(tdest, sizeof(tdest), "%s", queue_consumer_lease_dest(taken));
+    unsigned th = queue_consumer_item_shard(tdest, 16);
+    item_name(item, queue_consumer_lease_qid(taken), tdest);
+    const char *steal[] = {"HSET", ckey(key, th, "lease", NULL), item, "nodeB#00#1"};
+    qfix_int(&fx, 4, steal);
+    int64_t t0 = now_ms();
+    queue_consumer_get_stats(c, &st0);
+    for (size_t i = 0; i < L; i++) {
+        size_t n;
+        const size_t *idx = queue_consumer_lease_rcpts(cr.l[i], &n);
+        struct queue_consumer_outcome o = {
+            idx[0], i < 10 ? QUEUE_CONSUMER_TEMPFAIL : QUEUE_CONSUMER_DELIVERED, "451 busy"};
+        assert_int_equal(n, 1);
+        d[i].done = false;
+        assert_int_equal(queue_consumer_done(cr.l[i], &o, 1, done_cb, &d[i]), 0);
+    }
+    for (size_t i = 0; i < L; i++)
+        if (!poll_loop_run_until(fx.pl, done_done, &d[i], 5000))
+            fail_msg("done callback never fired");
+    queue_consumer_get_stats(c, &st1);
+    assert_int_equal(st1.finish_items - st0.finish_items, L);
+    assert_true(st1.finish_scripts - st0.finish_scripts >= 2);
+    assert_true(st1.finish_scripts - st0.finish_scripts <= L / 8);
+    for (size_t i = 0; i < L; i++) {
+        if (i == L - 1) {
+            assert_int_equal(d[i].r.status, QUEUE_CONSUMER_DONE_LOST);
+        } else {
+            assert_int_equal(d[i].r.status, QUEUE_CONSUMER_DONE_OK);
+            assert_int_equal(d[i].r.rescheduled, i < 10);
+            if (i < 10)
+                assert_true(d[i].r.next_attempt_ms > t0);
+        }
+    }
+    assert_int_equal(evs.n[QUEUE_CONSUMER_EV_LEASE_LOST], 1);
+    /* Left: the 10 rescheduled items (tries 1, the reason kept) and the taken-over lease. */
+    assert_int_equal(zcard(ckey(key, h0, "sched", NULL)) + zcard(ckey(key, h1, "sched", NULL)), 10);
+    assert_int_equal(zcard(ckey(key, h0, "leases", NULL)) + zcard(ckey(key, h1, "leases", NULL)),
+                     1);
+    assert_int_equal(count_keys_with(":it:"), 10);
+    const char *conc[] = {"HGET", ckey(key, th, "conc", NULL), tdest};
+    redisReply *r = qfix_cmd(&fx, 3, conc);
+    assert_string_equal(r->str, "1");
+    freeReplyObject(r);
+    assert_int_equal(qfix_exists(&fx, ckey(key, th == h0 ? h1 : h0, "conc", NULL)), 0);
+    queue_consumer_free(c);
+}
+
 struct bulk_res {
     bool done;
     int err;
@@ -1676,15 +1753,17 @@ static void test_claim_bulk(void **state)
     queue_consumer_free(c);
 }
 
-/* FINISHN over more entries than one batched command takes (512), run directly: 600 leased new
- * messages of one shard, of which 590 are finished, 5 carry a stale token (not ours: untouched)
- * and 5 are released (due again). */
+/* FINISHN over more entries than one batched command takes (512), run directly: 600 leased
+ * entries of one shard, a third of them work items of d.test (the rest new messages), of which 5
+ * carry a stale token (not ours: untouched), 5 are released (due again now), 6 retried (due again
+ * later, one more try, the reason kept) and the rest finished. Each gets its own answer, and the
+ * destination's concurrency counter drops by the items that were ours. */
 static void test_finishn_bulk(void **state)
 {
     (void)state;
     enum { N = 600 };
-    char lkey[QUEUE_KEY_MAX], hkey[QUEUE_KEY_MAX], sched[QUEUE_KEY_MAX];
-    char x[N][32], tok[N][32], itk[QUEUE_KEY_MAX];
+    char lkey[QUEUE_KEY_MAX], hkey[QUEUE_KEY_MAX], sched[QUEUE_KEY_MAX], conc[QUEUE_KEY_MAX];
+    char x[N][40], tok[N][32], itk[QUEUE_KEY_MAX];
     const char *src = NULL;
     for (unsigned i = 0; queue_consumer_script(i) != NULL; i++)
         if (strstr(queue_consumer_script(i), "redis.call('HMGET', P .. 'lease'") != NULL)
@@ -1693,14 +1772,17 @@ static void test_finishn_bulk(void **state)
     ckey(lkey, 5, "leases", NULL);
     ckey(hkey, 5, "lease", NULL);
     ckey(sched, 5, "sched", NULL);
-    const char **argv = calloc(4 + 3 * N, sizeof(*argv));
+    ckey(conc, 5, "conc", NULL);
+    const char **argv = calloc(4 + 5 * N, sizeof(*argv));
     assert_non_null(argv);
     argv[0] = "EVAL";
     argv[1] = src;
     argv[2] = "1";
     argv[3] = sched;
+    int items = 0, items_ours = 0;
     for (int i = 0; i < N; i++) {
-        snprintf(x[i], sizeof(x[i]), "01JBULK%011d-5", i);
+        bool stale = i % 100 == 7, item = i % 3 == 0;
+        snprintf(x[i], sizeof(x[i]), "01JBULK%011d-5%s", i, item ? "/d.test" : "");
         snprintf(tok[i], sizeof(tok[i]), "nodeA#00#%d", i);
         const char *za[] = {"ZADD", lkey, "99999999999999", x[i]};
         qfix_int(&fx, 4, za);
@@ -1708,23 +1790,65 @@ static void test_finishn_bulk(void **state)
         qfix_int(&fx, 4, hs);
         const char *it[] = {"HSET", ckey(itk, 5, "it", x[i]), "crashes", "1"};
         qfix_int(&fx, 4, it);
-        argv[4 + 3 * i] = x[i];
-        argv[5 + 3 * i] = i % 100 == 7 ? "stale-token" : tok[i];
-        argv[6 + 3 * i] = i % 100 == 9 ? "release" : "fin";
+        items += item;
+        items_ours += item && !stale;
+        argv[4 + 5 * i] = x[i];
+        argv[5 + 5 * i] = stale ? "stale-token" : tok[i];
+        argv[6 + 5 * i] = i % 100 == 9 ? "release" : i % 100 == 11 ? "retry" : "fin";
+        argv[7 + 5 * i] = "60000";
+        argv[8 + 5 * i] = "451 try later";
     }
-    assert_int_equal(qfix_int(&fx, 4 + 3 * N, argv), N - 6);
+    char nitems[16];
+    snprintf(nitems, sizeof(nitems), "%d", items);
+    const char *hc[] = {"HSET", conc, "d.test", nitems};
+    qfix_int(&fx, 4, hc);
+    const char *tm[] = {"TIME"};
+    redisReply *t = qfix_cmd(&fx, 1, tm);
+    long long now = atoll(t->element[0]->str) * 1000;
+    freeReplyObject(t);
+    redisReply *r = qfix_cmd(&fx, 4 + 5 * N, argv);
     free(argv);
-    /* The 6 stale ones stay leased; the 6 released are due again; the rest are gone. */
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, N);
+    for (int i = 0; i < N; i++) {
+        const redisReply *e = r->element[i];
+        assert_int_equal(e->type, REDIS_REPLY_STRING);
+        if (i % 100 == 7)
+            assert_string_equal(e->str, "lost");
+        else if (i % 100 == 9)
+            assert_true(atoll(e->str) >= now);
+        else if (i % 100 == 11)
+            assert_true(atoll(e->str) >= now + 59000);
+        else
+            assert_string_equal(e->str, "0");
+    }
+    freeReplyObject(r);
+    /* The 6 stale ones stay leased; the 6 released and 6 retried are due again; the rest are
+     * gone. */
     assert_int_equal(zcard(lkey), 6);
     const char *hl[] = {"HLEN", hkey};
     assert_int_equal(qfix_int(&fx, 2, hl), 6);
-    assert_int_equal(zcard(sched), 6);
-    assert_int_equal(count_keys_with(":it:"), 12);
+    assert_int_equal(zcard(sched), 12);
+    assert_int_equal(count_keys_with(":it:"), 18);
     for (int i = 0; i < N; i++) {
-        bool stale = i % 100 == 7, rel = i % 100 == 9;
+        bool stale = i % 100 == 7, rel = i % 100 == 9, retry = i % 100 == 11;
         assert_true((zscore(lkey, x[i]) >= 0) == stale);
-        assert_true((zscore(sched, x[i]) >= 0) == rel);
+        assert_true((zscore(sched, x[i]) >= 0) == (rel || retry));
+        if (retry) {
+            const char *hg[] = {"HGET", ckey(itk, 5, "it", x[i]), "tries"};
+            redisReply *v = qfix_cmd(&fx, 3, hg);
+            assert_string_equal(v->str, "1");
+            freeReplyObject(v);
+            const char *he[] = {"HGET", itk, "err"};
+            v = qfix_cmd(&fx, 3, he);
+            assert_string_equal(v->str, "451 try later");
+            freeReplyObject(v);
+        }
     }
+    const char *cg[] = {"HGET", conc, "d.test"};
+    redisReply *v = qfix_cmd(&fx, 3, cg);
+    assert_int_equal(atoi(v->str), items - items_ours);
+    freeReplyObject(v);
 }
 
 struct sum_res {
@@ -2113,6 +2237,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claim_batched, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_claim_bulk, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_finishn_bulk, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_done_batched, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_misuse, test_setup, test_teardown),
