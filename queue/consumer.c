@@ -60,17 +60,33 @@
 
 /* CLAIM. ARGV: 1 token prefix, 2 lease ms, 3 work items to lease, 4 concurrency per destination,
  * 5 crashed attempts before dead-lettering, 6 how many due entries to look at, 7 new (unsplit)
- * messages to lease, 8 largest first body chunk to return. Returns {now, {item, crashes}
- * dead-lettered..., {{item, token, tries, crashes, record, version, first chunk}...}, more,
- * busy}; record, version and first chunk (as READ returns them) only for a new message, nil for
- * a work item: |more| is 1 when a work item could have been leased
- * but the batch was full; |busy| is 1 when due entries or expired leases are left behind (the
- * consumer looks at this shard again without waiting for a sweep). Each destination's
+ * messages to lease, 8 largest first body chunk to return, 9 anchor: the last entry of the
+ * blocked run that the previous CLAIM of this shard saw ('' none), 10 its score then. Returns
+ * {now, {item, crashes} dead-lettered..., {{item, token, tries, crashes, record, version, first
+ * chunk}...}, more, busy, anchor, anchor score}; record, version and first chunk (as READ returns
+ * them) only for a new message, nil for a work item: |more| is 1 when a work item could have been
+ * leased but the batch was full; |busy| is 1 when due entries or expired leases are left behind
+ * (the consumer looks at this shard again without waiting for a sweep). Each destination's
  * concurrency counter is read once per script (a local copy follows the leases it takes), and
- * once the batch is full and |more| known no further item is looked at: a claim over a long
- * backlog of one destination costs one HGET, not one per due entry. The lease writes are batched:
- * one ZREM, one ZADD and one HSET for all the entries leased (in steps of 512), one HINCRBY per
- * destination; a redis.call costs more than the command it runs (about 1.5 µs in Redis 7.0). */
+ * once the batch is full and |more| known no further item is looked at. The lease writes are
+ * batched: one ZREM, one ZADD and one HSET for all the entries leased (in steps of 512), one
+ * HINCRBY per destination; a redis.call costs more than the command it runs (about 1.5 µs in
+ * Redis 7.0).
+ *
+ * The blocked run is the due entries at the head that are items of one destination at its
+ * concurrency limit: the backlog of a saturated destination, oldest first. Without an anchor a
+ * claim looks at the first ARGV 6 due entries only, so a run longer than that hid everything
+ * behind it: the shard's new messages (mail to any destination) and other destinations' items
+ * waited until the backlog shrank. The script returns the last entry of the run it saw, with its
+ * score ('' when the head is no such run). Given one, it looks at a short
+ * head window (where a slot freed for that destination is taken, oldest item first); when the run
+ * goes on past that window and the anchor is still there with the same score (not leased and put
+ * back meanwhile), it finds the anchor with ZRANK and looks at up to ARGV 6 entries behind it,
+ * which also moves the anchor on; else it looks on from the head window as without an anchor.
+ * Entries join the due list at its tail (due now), so what was in the run stays in it; a retry
+ * that falls due inside it, or an entry that joins in the anchor's own millisecond and sorts
+ * before it, is found when the consumer passes no anchor, at least once a second
+ * (QC_RESCAN_MS). */
 static const char lua_claim[] = LUA_PRELUDE
     "local lease_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local climit, cmax, scan = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
@@ -92,58 +108,85 @@ static const char lua_claim[] = LUA_PRELUDE
     "end\n"
     "local out, full, conc, ni, nb, more = {}, {}, {}, 0, 0, 0\n"
     "local zr, za, hs, ci = {}, {}, {}, {}\n"
-    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, scan)\n"
-    "for _, x in ipairs(due) do\n"
-    "  if ni >= batch and nb >= bbatch and more == 1 then break end\n"
-    "  local d = dest_of(x)\n"
-    "  local ok = false\n"
-    "  if d then\n"
-    "    if not full[d] and not (ni >= batch and more == 1) then\n"
-    "      local n = conc[d]\n"
-    "      if not n then n = tonumber(redis.call('HGET', P .. 'conc', d) or '0') end\n"
-    "      conc[d] = n\n"
-    "      if n >= climit then\n"
-    "        full[d] = true\n"
-    "      elseif ni < batch then\n"
-    "        ok = true\n"
-    "        ni = ni + 1\n"
-    "        conc[d] = n + 1\n"
+    "local rlast, rdest, lead, seen = nil, nil, true, 0\n"
+    "local anchor, head = ARGV[9], scan\n"
+    "if #anchor > 0 then head = math.min(scan, batch + bbatch + 16) end\n"
+    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, head)\n"
+    "for pass = 1, 2 do\n"
+    "  for _, x in ipairs(due) do\n"
+    "    if ni >= batch and nb >= bbatch and more == 1 then break end\n"
+    "    seen = seen + 1\n"
+    "    local d = dest_of(x)\n"
+    "    local ok, blocked = false, false\n"
+    "    if d then\n"
+    "      if full[d] then blocked = true\n"
+    "      elseif not (ni >= batch and more == 1) then\n"
+    "        local n = conc[d]\n"
+    "        if not n then n = tonumber(redis.call('HGET', P .. 'conc', d) or '0') end\n"
+    "        conc[d] = n\n"
+    "        if n >= climit then\n"
+    "          full[d] = true\n"
+    "          blocked = true\n"
+    "        elseif ni < batch then\n"
+    "          ok = true\n"
+    "          ni = ni + 1\n"
+    "          conc[d] = n + 1\n"
+    "        else\n"
+    "          more = 1\n"
+    "        end\n"
+    "      end\n"
+    "    elseif nb < bbatch then\n"
+    "      ok = true\n"
+    "      nb = nb + 1\n"
+    "    end\n"
+    "    if ok then\n"
+    "      local tok = ARGV[1] .. (#out + 1)\n"
+    "      zr[#zr + 1] = x\n"
+    "      za[#za + 1] = now + lease_ms\n"
+    "      za[#za + 1] = x\n"
+    "      hs[#hs + 1] = x\n"
+    "      hs[#hs + 1] = tok\n"
+    "      local h = redis.call('HMGET', P .. 'it:' .. x, 'tries', 'crashes')\n"
+    "      local env, ver, b = false, false, false\n"
+    "      if d then ci[d] = (ci[d] or 0) + 1\n"
     "      else\n"
-    "        more = 1\n"
+    "        env = redis.call('GET', P .. 'env:' .. x)\n"
+    "        if env then\n"
+    "          ver = redis.call('HGET', P .. 'm:' .. x, 'ver') or '0'\n"
+    "          b = redis.call('LINDEX', P .. 'body:' .. x, 0)\n"
+    "          if b and #b > pmax then b = false end\n"
+    "        end\n"
+    "      end\n"
+    "      out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env, ver, b}\n"
+    "    elseif lead then\n"
+    "      if blocked and (rdest == nil or rdest == d) then\n"
+    "        rlast = x\n"
+    "        rdest = d\n"
+    "      else\n"
+    "        lead = false\n"
     "      end\n"
     "    end\n"
-    "  elseif nb < bbatch then\n"
-    "    ok = true\n"
-    "    nb = nb + 1\n"
     "  end\n"
-    "  if ok then\n"
-    "    local tok = ARGV[1] .. (#out + 1)\n"
-    "    zr[#zr + 1] = x\n"
-    "    za[#za + 1] = now + lease_ms\n"
-    "    za[#za + 1] = x\n"
-    "    hs[#hs + 1] = x\n"
-    "    hs[#hs + 1] = tok\n"
-    "    local h = redis.call('HMGET', P .. 'it:' .. x, 'tries', 'crashes')\n"
-    "    local env, ver, b = false, false, false\n"
-    "    if d then ci[d] = (ci[d] or 0) + 1\n"
-    "    else\n"
-    "      env = redis.call('GET', P .. 'env:' .. x)\n"
-    "      if env then\n"
-    "        ver = redis.call('HGET', P .. 'm:' .. x, 'ver') or '0'\n"
-    "        b = redis.call('LINDEX', P .. 'body:' .. x, 0)\n"
-    "        if b and #b > pmax then b = false end\n"
-    "      end\n"
+    "  if pass == 2 or seen < head or head >= scan then break end\n"
+    "  local from, n = head, scan - head\n"
+    "  if lead and rdest and dest_of(anchor) == rdest and\n"
+    "     redis.call('ZSCORE', KEYS[1], anchor) == ARGV[10] then\n"
+    "    local r = redis.call('ZRANK', KEYS[1], anchor)\n"
+    "    if r + 1 > head then\n"
+    "      seen = seen + (r + 1 - head)\n"
+    "      from, n, rlast = r + 1, scan, anchor\n"
     "    end\n"
-    "    out[#out + 1] = {x, tok, h[1] or '0', h[2] or '0', env, ver, b}\n"
     "  end\n"
+    "  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', from, n)\n"
     "end\n"
     "bulk('ZREM', KEYS[1], zr, 1)\n"
     "bulk('ZADD', P .. 'leases', za, 2)\n"
     "bulk('HSET', P .. 'lease', hs, 2)\n"
     "for d, n in pairs(ci) do redis.call('HINCRBY', P .. 'conc', d, n) end\n"
     "local busy = 0\n"
-    "if #exp >= 64 or #due > #out then busy = 1 end\n"
-    "return {tostring(now), dead, out, more, busy}\n";
+    "if #exp >= 64 or seen > #out then busy = 1 end\n"
+    "local rs = rlast and redis.call('ZSCORE', KEYS[1], rlast)\n"
+    "return {tostring(now), dead, out, more, busy, rlast or '', rs or ''}\n";
 
 /* ADOPT (destination home shard). ARGV: 1 token prefix, 2 lease ms, 3 concurrency per
  * destination, 4 how many items the caller may lease now, 5... the work items of new messages.
@@ -598,6 +641,19 @@ struct qc_pre {
     uint64_t at_ms;
 };
 
+/* QC_RESCAN_MS is how long a CLAIM may start behind the blocked run its shard's last CLAIM saw:
+ * at least this often a shard's head is looked at in full again. */
+#define QC_RESCAN_MS 1000u
+
+/* qc_anchor is the last entry of a shard's blocked run (the head of its due entries that are
+ * items of one destination at its limit) and its score, as CLAIM returned them; the next CLAIM
+ * of the shard starts behind it (lua_claim). */
+struct qc_anchor {
+    char item[QUEUE_CONSUMER_ITEM_MAX];
+    char score[32];
+    uint64_t rescan_ms; /* when a CLAIM of the shard last went without an anchor */
+};
+
 struct queue_consumer {
     struct queue_loop loop;
     struct queue_conn rc; /* the Redis connection (queue/redis_conn.c) */
@@ -624,7 +680,8 @@ struct queue_consumer {
     unsigned claim_cursor;
     uint8_t *busy_hint; /* per shard: its last CLAIM left due entries or expired leases */
     uint8_t *more_hint; /* per shard: its last CLAIM had more claimable items than its share */
-    bool swept;         /* a claim asked every shard at |sweep_ms| */
+    struct qc_anchor *anchor; /* per shard: the end of the blocked run its last CLAIM saw */
+    bool swept;               /* a claim asked every shard at |sweep_ms| */
     uint64_t sweep_ms;
     unsigned report_cursor;
     uint64_t rng;
@@ -1912,10 +1969,10 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
     char qid[CMTP_QID_MAX + 1], dest[CMTP_DOMAIN_MAX + 1], text[QUEUE_REASON_MAX];
     unsigned smsg;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 7 ||
         !r_ll(r->element[0], &now) || r->element[1]->type != REDIS_REPLY_ARRAY ||
         r->element[2]->type != REDIS_REPLY_ARRAY || !r_ll(r->element[3], &more) ||
-        !r_ll(r->element[4], &busy)) {
+        !r_ll(r->element[4], &busy) || !r_str(r->element[5]) || !r_str(r->element[6])) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR) {
             r_text(r, text, sizeof(text));
             set_error(c, "redis claim failed", text);
@@ -1925,6 +1982,15 @@ static void on_claim_reply(struct queue_consumer *c, void *ctx, uintptr_t tag, c
     }
     c->busy_hint[shard] = busy || more;
     c->more_hint[shard] = more != 0;
+    struct qc_anchor *an = &c->anchor[shard];
+    if (r->element[5]->len < sizeof(an->item) && r->element[6]->len < sizeof(an->score)) {
+        memcpy(an->item, r->element[5]->str, r->element[5]->len);
+        an->item[r->element[5]->len] = '\0';
+        memcpy(an->score, r->element[6]->str, r->element[6]->len);
+        an->score[r->element[6]->len] = '\0';
+    } else {
+        an->item[0] = an->score[0] = '\0';
+    }
     if (more)
         cl->again[shard] = 1;
     for (size_t i = 0; i < r->element[1]->elements; i++) {
@@ -2006,8 +2072,15 @@ static void round_start(struct qc_claim *cl)
         snprintf(tokp, sizeof(tokp), "%s#%016llx#", c->node, (unsigned long long)rng_next(c));
         snprintf(batch_s, sizeof(batch_s), "%zu", batch);
         snprintf(scan_s, sizeof(scan_s), "%zu", scan);
-        const char *args[8] = {tokp, lease_s, batch_s, conc_s, crash_s, scan_s, bare_s, pmax_s};
-        if (qc_evals(c, QS_CLAIM, s, 8, args, on_claim_reply, cl, s) == 0)
+        struct qc_anchor *an = &c->anchor[s];
+        uint64_t now = loop_now(c);
+        if (an->item[0] == '\0' || now - an->rescan_ms >= QC_RESCAN_MS) {
+            an->item[0] = an->score[0] = '\0';
+            an->rescan_ms = now;
+        }
+        const char *args[10] = {tokp,   lease_s, batch_s, conc_s,   crash_s,
+                                scan_s, bare_s,  pmax_s,  an->item, an->score};
+        if (qc_evals(c, QS_CLAIM, s, 10, args, on_claim_reply, cl, s) == 0)
             cl->rpend++;
         else
             cl->failed = true;
@@ -3896,7 +3969,8 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
     }
     c->busy_hint = calloc(c->shards, 1);
     c->more_hint = calloc(c->shards, 1);
-    if (c->busy_hint == NULL || c->more_hint == NULL)
+    c->anchor = calloc(c->shards, sizeof(*c->anchor));
+    if (c->busy_hint == NULL || c->more_hint == NULL || c->anchor == NULL)
         goto nomem;
     if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
         c->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)c;
@@ -3910,6 +3984,7 @@ nomem:
 err:
     free(c->busy_hint);
     free(c->more_hint);
+    free(c->anchor);
     free(c);
     return NULL;
 }
@@ -3930,6 +4005,7 @@ void queue_consumer_free(struct queue_consumer *c)
         pre_drop(c, c->pre_head);
     free(c->busy_hint);
     free(c->more_hint);
+    free(c->anchor);
     free(c);
 }
 

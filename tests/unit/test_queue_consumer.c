@@ -1289,6 +1289,86 @@ static void test_concurrency_limit(void **state)
     queue_consumer_free(B);
 }
 
+/* A destination at its limit whose backlog is longer than a claim looks at (700 items, older
+ * than everything else in its home shard) no longer hides what lies behind it: a claim returns the
+ * end of the blocked run it saw, the next one starts behind it, and the items of another
+ * destination of the same home shard are leased within a few claims (before, never while the
+ * backlog was longer than the scan). A slot freed for the blocked destination is served from the
+ * head of the run: its oldest item. */
+static void test_blocked_run(void **state)
+{
+    (void)state;
+    enum { BACKLOG = 700 };
+    struct queue_consumer_config ca, cb;
+    struct claim_res cr;
+    char qid[CMTP_QID_MAX + 1], key[QUEUE_KEY_MAX], sched[QUEUE_KEY_MAX], blocked[64];
+    char oldest[QUEUE_CONSUMER_ITEM_MAX], second[QUEUE_CONSUMER_ITEM_MAX];
+    const char *open_[] = {"open.example", NULL};
+    unsigned h = queue_consumer_item_shard("open.example", 16);
+
+    for (int i = 0;; i++) {
+        snprintf(blocked, sizeof(blocked), "blocked%d.example", i);
+        if (queue_consumer_item_shard(blocked, 16) == h)
+            break;
+    }
+    ckey(sched, h, "sched", NULL);
+    int64_t t0 = now_ms() - 600000;
+    for (int i = 0; i < BACKLOG; i++) {
+        char item[QUEUE_CONSUMER_ITEM_MAX], score[24];
+        snprintf(item, sizeof(item), "01JBLKD%011d-%u/%s", i, h, blocked);
+        snprintf(score, sizeof(score), "%lld", (long long)(t0 + i));
+        if (i == 0)
+            snprintf(oldest, sizeof(oldest), "%s", item);
+        if (i == 1)
+            snprintf(second, sizeof(second), "%s", item);
+        const char *za[] = {"ZADD", sched, score, item};
+        qfix_int(&fx, 4, za);
+    }
+    const char *hc[] = {"HSET", ckey(key, h, "conc", NULL), blocked, "4"};
+    qfix_int(&fx, 4, hc);
+    ccfg(&ca, "nodeA");
+    ccfg(&cb, "nodeB");
+    ca.concurrency_per_dest = cb.concurrency_per_dest = 4;
+    struct queue_consumer *A = copen(&ca), *B = copen(&cb);
+    /* Three messages to open.example, split by B, whose items are put back: due now, behind the
+     * backlog. */
+    for (int i = 0; i < 3; i++) {
+        struct qmsg *m = msg_to(300, open_);
+        send_msg(m, qid);
+        qmsg_free(m);
+    }
+    assert_int_equal(claim(B, 1, &cr), 1);
+    struct err_res e = {0};
+    assert_int_equal(wait_err(queue_consumer_lease_return(cr.l[0], err_cb, &e), &e), 0);
+    assert_int_equal(zcard(sched), BACKLOG + 3);
+
+    size_t got = 0;
+    struct queue_consumer_lease *l[3];
+    for (int k = 0; k < 4 && got < 3; k++) {
+        claim(A, 8, &cr);
+        for (size_t i = 0; i < cr.n; i++) {
+            assert_string_equal(queue_consumer_lease_dest(cr.l[i]), "open.example");
+            assert_true(got < 3);
+            l[got++] = cr.l[i];
+        }
+    }
+    assert_int_equal(got, 3);
+    assert_int_equal(zcard(sched), BACKLOG);
+    /* A slot frees for the blocked destination: its oldest item is leased (and dropped: this
+     * test gave the backlog no records). */
+    const char *hf[] = {"HSET", ckey(key, h, "conc", NULL), blocked, "3"};
+    qfix_int(&fx, 4, hf);
+    assert_int_equal(claim(A, 8, &cr), 0);
+    assert_int_equal(evs.n[QUEUE_CONSUMER_EV_ORPHAN], 1);
+    assert_true(zscore(sched, oldest) < 0);
+    assert_true(zscore(sched, second) > 0);
+    assert_int_equal(zcard(sched), BACKLOG - 1);
+    for (size_t i = 0; i < got; i++)
+        finish(l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+    queue_consumer_free(A);
+    queue_consumer_free(B);
+}
+
 /* Corrupt records are quarantined with the reason, never delivered, never a crash; the others
  * still flow. Both when a new message is split and when a split item is claimed. */
 static void test_quarantine(void **state)
@@ -2238,6 +2318,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claim_bulk, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_finishn_bulk, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_done_batched, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_blocked_run, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_misuse, test_setup, test_teardown),
