@@ -21,6 +21,7 @@ struct wsnap {
     enum queue_conn_state qstate;
     char qerr[128];
     struct queue_stats qs;
+    struct queue_consumer_stats cs; /* the delivery side's (zero when delivery is off) */
     unsigned sessions;
 };
 
@@ -40,6 +41,9 @@ static void gather_on_worker(void *arg)
     snap->qstate = queue_state(t->w->q, &e);
     snprintf(snap->qerr, sizeof(snap->qerr), "%s", e != NULL ? e : "");
     queue_get_stats(t->w->q, &snap->qs);
+    struct queue_consumer *qc = cmtpd_delivery_consumer(t->w);
+    if (qc != NULL)
+        queue_consumer_get_stats(qc, &snap->cs);
     snap->sessions = t->w->n_sessions;
     admin_wait_done(t->wait, t->i);
     free(t);
@@ -713,8 +717,18 @@ static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen
     counter(&m, "cmtp_network_sent_bytes_total", "Octets sent (TLS records).", io.bytes_out);
     /* Redis, from the workers' own snapshots. */
     uint64_t cmds = 0, errs = 0, lat_sum = 0, lat_max = 0, up = 0, inflight = 0;
+    struct queue_consumer_stats cs = {0};
     for (unsigned i = 0; i < d->n_workers; i++) {
         const struct wsnap *w = admin_wait_slot(wait, i);
+        cs.cmds_sent += w->cs.cmds_sent;
+        cs.claimed += w->cs.claimed;
+        cs.prefetched += w->cs.prefetched;
+        cs.adopted += w->cs.adopted;
+        cs.adopt_leased += w->cs.adopt_leased;
+        cs.finish_items += w->cs.finish_items;
+        cs.finish_scripts += w->cs.finish_scripts;
+        cs.stale += w->cs.stale;
+        cs.lost += w->cs.lost;
         cmds += w->qs.cmds_sent;
         errs += w->qs.errors;
         lat_sum += w->qs.latency_us_sum;
@@ -763,6 +777,28 @@ static int op_metrics(void *arg, struct admin_buf *buf, char *err, size_t errlen
     counter(&m, "cmtp_delivery_connections_reused_total",
             "Deliveries on a reused LMTP/SMTP connection.", ds.reused);
     gauge(&m, "cmtp_deliveries_inflight", "Deliveries in progress.", (double)ds.inflight);
+    /* The delivery side's Redis work (queue/consumer.c): what a delivery costs the store. */
+    counter(&m, "cmtp_delivery_redis_commands_total",
+            "Redis commands sent by the delivery side (claims, splits, reads, completions).",
+            cs.cmds_sent);
+    counter(&m, "cmtp_delivery_split_total", "New messages split into work items.", cs.adopted);
+    admin_metrics_family(&m, "cmtp_delivery_leases_total", ADMIN_METRIC_COUNTER,
+                         "Work items leased, by how their record came: with the split that "
+                         "leased them, with the split of an earlier claim, or read again.");
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"record", "split"}}, 1, cs.adopt_leased);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"record", "prefetched"}}, 1,
+                         cs.prefetched >= cs.adopt_leased ? cs.prefetched - cs.adopt_leased : 0);
+    admin_metrics_uvalue(&m, (struct admin_label[]){{"record", "read"}}, 1,
+                         cs.claimed >= cs.prefetched ? cs.claimed - cs.prefetched : 0);
+    counter(&m, "cmtp_delivery_finished_items_total",
+            "Work items finished or rescheduled after their completion.", cs.finish_items);
+    counter(&m, "cmtp_delivery_finish_scripts_total",
+            "Scripts that finished them (one per home shard per loop iteration).",
+            cs.finish_scripts);
+    counter(&m, "cmtp_delivery_stale_total",
+            "Completions that re-read a record another completion had changed.", cs.stale);
+    counter(&m, "cmtp_delivery_leases_lost_total",
+            "Completions whose lease had been taken over (a duplicate is possible).", cs.lost);
     /* Queue depth and age, from the queue itself (worker 0's consumer). */
     json_t *qs = json_object();
     char qerr[128] = "";

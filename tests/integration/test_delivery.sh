@@ -177,6 +177,19 @@ check "lmtp: every message (and the report) is removed" poll 8 no_envs l
   "$T/m-bin" >/dev/null
 check "lmtp: a failed report is dropped, not reported" poll 8 grep -q 'event=report-dropped' "$T/l.log"
 check "lmtp: nothing is left in Redis after it" poll 8 no_envs l
+# The delivery side's Redis work, in the metrics: every completed item was finished by a
+# FINISHN, a script finishing one or more; every item leased came with a record one way or
+# another; the commands are counted.
+"$B/cmtpctl" -s "$T/admin-l.sock" -t 10 metrics >"$T/l.metrics"
+mv_() { awk -v m="$1" -v l="${2:-}" '$1 == m || $1 == m "{" l "}" {print $2}' "$T/l.metrics"; }
+fin=$(mv_ cmtp_delivery_finished_items_total); fs=$(mv_ cmtp_delivery_finish_scripts_total)
+check "metrics: completed items and the scripts that finished them (1 <= scripts <= items)" \
+  bash -c "[ '${fin:-0}' -ge 4 ] && [ '${fs:-0}' -ge 1 ] && [ '${fs:-0}' -le '${fin:-0}' ]"
+leased=$(( $(mv_ cmtp_delivery_leases_total 'record="split"') + \
+  $(mv_ cmtp_delivery_leases_total 'record="prefetched"') + $(mv_ cmtp_delivery_leases_total 'record="read"') ))
+check "metrics: leases by record source add up to the items completed or more" [ "$leased" -ge 4 ]
+check "metrics: splits and delivery-side Redis commands are counted" \
+  bash -c "[ '$(mv_ cmtp_delivery_split_total)' -ge 3 ] && [ '$(mv_ cmtp_delivery_redis_commands_total)' -gt 10 ]"
 # A message the store cannot take (a UTF-8 address, no SMTPUTF8) on a pooled connection: the
 # client refuses it by itself, before any command; the result is not left waiting for input.
 "${SEND[@]}" --ca "$T/tlsb/ca.crt" -s "127.0.0.1:$PL" -n b.test -f sender@b.test \
