@@ -108,6 +108,7 @@ struct cmtpd_delivery_stats {
 
 struct cmtpd;
 struct cmtpd_delivery;
+struct queue_consumer_cache;
 
 /* cmtpd_cfg is one loaded configuration, reference counted: each worker holds a reference to
  * the one it uses, so a reload swaps in a new one while sessions on the old go on. Immutable. */
@@ -185,6 +186,10 @@ struct cmtpd {
      * report items ([delivery] enabled = no, `cmtpctl delivery pause`); deliveries in flight
      * finish. Cleared by `cmtpctl delivery resume`. */
     _Atomic bool delivery_paused;
+    /* rcache is the record cache the workers' delivery consumers share (queue/consumer.h): an
+     * item of a message one worker split starts from the record that worker read, whichever
+     * worker claims it. NULL: each consumer keeps its own. Freed after the workers. */
+    struct queue_consumer_cache *rcache;
 };
 
 /* cmtpd_reload loads the configuration and certificates again (see cmtpd_main.c). Takes

@@ -26,6 +26,7 @@
 
 #include "core/addr.h"
 #include "daemon/cmtpd.h"
+#include "queue/consumer.h"
 #include "daemon/keeper.h"
 
 /* malloc_conf tunes jemalloc (release build) for a server that allocates per-connection
@@ -541,6 +542,8 @@ int main(int argc, char **argv)
         CMTP_LOG(&d->log, CMTP_LOG_WARN, "seccomp-unavailable",
                  cmtp_log_str("reason", strerror(-e)));
 
+    /* 4 MiB of split records per worker, shared (a NULL cache: each worker keeps its own). */
+    d->rcache = queue_consumer_cache_new((size_t)d->n_workers * (4u << 20));
     if (io_engine_start(d->engine) < 0) {
         fprintf(stderr, "cmtpd: cannot start the workers\n");
         goto out;
@@ -587,6 +590,7 @@ int main(int argc, char **argv)
     code = 0;
 out:
     io_engine_free(d->engine);
+    queue_consumer_cache_free(d->rcache); /* after the workers, whose consumers used it */
     tls_ctx_unref(d->tls);
     free(d->ip_conns);
     if (d->redis_pid > 0)

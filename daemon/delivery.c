@@ -1168,6 +1168,7 @@ int cmtpd_delivery_start(struct cmtpd_worker *w, char *err, size_t errlen)
         .attempts_crash_max = cfg->delivery.attempts_crash_max,
         .event_cb = dl_event_cb,
         .event_arg = dl,
+        .cache = w->d->rcache,
     };
     cmtpd_queue_loop(&loop, w->io);
     dl->qc = queue_consumer_new(&qc, &loop, err, errlen);

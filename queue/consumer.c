@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -614,22 +615,24 @@ struct qc_job {
     void (*destroy)(struct qc_job *j);
 };
 
-/* QC_PRE_MAX bounds the octets a consumer keeps of the new messages it split (qc_pre);
- * QC_PRE_AGE_MS how long it keeps one; QC_PRE_BUCKETS sizes their index. */
+/* QC_PRE_MAX bounds the octets a cache of its own keeps of the new messages its consumer split
+ * (qc_pre; a shared cache has its own bound); QC_PRE_AGE_MS how long one is kept;
+ * QC_PRE_BUCKETS sizes their index (a 64 MiB cache holds about 25000 1 KiB messages). */
 #define QC_PRE_MAX (4096u * 1024u)
 #define QC_PRE_AGE_MS 2000u
-#define QC_PRE_BUCKETS 256u
+#define QC_PRE_BUCKETS 4096u
 
 /* QC_FIN_BATCH_MAX bounds the completions one FINISHN finishes. */
 #define QC_FIN_BATCH_MAX 256u
 
 /* qc_pre is what the CLAIM that split a new message read of it in the same script (record,
  * version, first body chunk when small): the message's items, leased by a later claim round
- * or claim call of this consumer within QC_PRE_AGE_MS, start from it instead of a READ. Safe
+ * or claim call of a consumer of the same cache within QC_PRE_AGE_MS, start from it instead of
+ * a READ. Safe
  * because a completion checks the version: a record changed since (another destination's
  * completion, an admin action) is re-read then, and a message gone is reported gone. */
 struct qc_pre {
-    struct qc_pre *prev, *next; /* the consumer's list, oldest first */
+    struct qc_pre *prev, *next; /* the cache's list, oldest first */
     struct qc_pre *hnext;       /* its index bucket */
     char qid[CMTP_QID_MAX + 1];
     char ver[24];
@@ -652,6 +655,18 @@ struct qc_anchor {
     char item[QUEUE_CONSUMER_ITEM_MAX];
     char score[32];
     uint64_t rescan_ms; /* when a CLAIM of the shard last went without an anchor */
+};
+
+/* queue_consumer_cache holds the qc_pre entries, oldest first, with an index by qid. One
+ * shared by the consumers of a process (the workers of one node) lets a worker claim an item of
+ * a message another worker split without reading its record again; the lock is held for a
+ * lookup or an insert and the copy of one entry, never across a callback. */
+struct queue_consumer_cache {
+    pthread_mutex_t mu;
+    size_t max; /* octets of records and first chunks kept at most */
+    struct qc_pre *head, *tail;
+    struct qc_pre *index[QC_PRE_BUCKETS];
+    size_t bytes;
 };
 
 struct queue_consumer {
@@ -686,9 +701,8 @@ struct queue_consumer {
     unsigned report_cursor;
     uint64_t rng;
     struct queue_consumer_stats st;
-    struct qc_pre *pre_head, *pre_tail; /* qc_pre entries, oldest first */
-    struct qc_pre *pre_index[QC_PRE_BUCKETS];
-    size_t pre_bytes;
+    struct queue_consumer_cache *cache; /* records of the messages split (qc_pre) */
+    bool own_cache;                     /* created with the consumer (no shared one given) */
     /* completions waiting for their item's FINISH, sent at the end of the loop iteration */
     struct qc_done *fin_head, *fin_tail;
     size_t fin_n;
@@ -1575,10 +1589,18 @@ static unsigned pre_bucket(const char *qid)
     return h % QC_PRE_BUCKETS;
 }
 
-/* pre_drop unlinks and frees |p|. */
-static void pre_drop(struct queue_consumer *c, struct qc_pre *p)
+/* cache_now is the clock of the cache's ages: monotonic, the same for every thread. */
+static uint64_t cache_now(void)
 {
-    struct qc_pre **pp = &c->pre_index[pre_bucket(p->qid)];
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* pre_drop unlinks and frees |p|. The cache's lock is held. */
+static void pre_drop(struct queue_consumer_cache *k, struct qc_pre *p)
+{
+    struct qc_pre **pp = &k->index[pre_bucket(p->qid)];
     while (*pp != NULL && *pp != p)
         pp = &(*pp)->hnext;
     if (*pp == p)
@@ -1586,24 +1608,45 @@ static void pre_drop(struct queue_consumer *c, struct qc_pre *p)
     if (p->prev)
         p->prev->next = p->next;
     else
-        c->pre_head = p->next;
+        k->head = p->next;
     if (p->next)
         p->next->prev = p->prev;
     else
-        c->pre_tail = p->prev;
-    c->pre_bytes -= p->rec_len + p->body_len;
+        k->tail = p->prev;
+    k->bytes -= p->rec_len + p->body_len;
     free(p->rec);
     free(p);
 }
 
-/* pre_expire drops the entries older than QC_PRE_AGE_MS, and the oldest ones while more than
- * |need| octets would not fit QC_PRE_MAX. */
-static void pre_expire(struct queue_consumer *c, size_t need)
+/* pre_expire drops the entries older than QC_PRE_AGE_MS, and the oldest ones while |need| more
+ * octets would not fit. The cache's lock is held. */
+static void pre_expire(struct queue_consumer_cache *k, size_t need, uint64_t now)
 {
-    uint64_t now = loop_now(c);
-    while (c->pre_head != NULL &&
-           (now - c->pre_head->at_ms >= QC_PRE_AGE_MS || c->pre_bytes + need > QC_PRE_MAX))
-        pre_drop(c, c->pre_head);
+    while (k->head != NULL && (now - k->head->at_ms >= QC_PRE_AGE_MS || k->bytes + need > k->max))
+        pre_drop(k, k->head);
+}
+
+struct queue_consumer_cache *queue_consumer_cache_new(size_t max_bytes)
+{
+    struct queue_consumer_cache *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    if (pthread_mutex_init(&k->mu, NULL) != 0) {
+        free(k);
+        return NULL;
+    }
+    k->max = max_bytes ? max_bytes : QC_PRE_MAX;
+    return k;
+}
+
+void queue_consumer_cache_free(struct queue_consumer_cache *k)
+{
+    if (k == NULL)
+        return;
+    while (k->head != NULL)
+        pre_drop(k, k->head);
+    pthread_mutex_destroy(&k->mu);
+    free(k);
 }
 
 /* pre_keep remembers what the claim read of the new message |qid| with |uses| destinations (see
@@ -1611,11 +1654,11 @@ static void pre_expire(struct queue_consumer *c, size_t need)
 static void pre_keep(struct queue_consumer *c, const char *qid, const redisReply *env,
                      const redisReply *ver, const redisReply *body, size_t uses)
 {
+    struct queue_consumer_cache *k = c->cache;
     size_t bl = r_str(body) ? body->len : 0;
-    if (!r_str(env) || !r_str(ver) || ver->len >= sizeof(c->pre_head->ver) || uses == 0 ||
-        env->len + bl > QC_PRE_MAX / 4)
+    if (!r_str(env) || !r_str(ver) || ver->len >= sizeof(k->head->ver) || uses == 0 ||
+        env->len + bl > k->max / 4)
         return;
-    pre_expire(c, env->len + bl);
     struct qc_pre *p = calloc(1, sizeof(*p));
     uint8_t *buf = malloc(env->len + bl + 1);
     if (p == NULL || buf == NULL) {
@@ -1635,32 +1678,55 @@ static void pre_keep(struct queue_consumer *c, const char *qid, const redisReply
     p->body_len = bl;
     p->has_body = r_str(body);
     p->uses_left = uses > UINT_MAX ? UINT_MAX : (unsigned)uses;
-    p->at_ms = loop_now(c);
     unsigned b = pre_bucket(qid);
-    p->hnext = c->pre_index[b];
-    c->pre_index[b] = p;
-    p->prev = c->pre_tail;
-    if (c->pre_tail)
-        c->pre_tail->next = p;
+    pthread_mutex_lock(&k->mu);
+    p->at_ms = cache_now();
+    pre_expire(k, env->len + bl, p->at_ms);
+    p->hnext = k->index[b];
+    k->index[b] = p;
+    p->prev = k->tail;
+    if (k->tail)
+        k->tail->next = p;
     else
-        c->pre_head = p;
-    c->pre_tail = p;
-    c->pre_bytes += env->len + bl;
+        k->head = p;
+    k->tail = p;
+    k->bytes += env->len + bl;
+    pthread_mutex_unlock(&k->mu);
 }
 
-/* pre_find returns the kept entry of |qid|, or NULL (none, or too old: then dropped). */
-static struct qc_pre *pre_find(struct queue_consumer *c, const char *qid)
+/* pre_take returns a copy of the kept entry of |qid| (free its |rec| and itself), one of its
+ * uses taken, or NULL (none, too old, or out of memory). */
+static struct qc_pre *pre_take(struct queue_consumer *c, const char *qid)
 {
-    for (struct qc_pre *p = c->pre_index[pre_bucket(qid)]; p != NULL; p = p->hnext) {
+    struct queue_consumer_cache *k = c->cache;
+    struct qc_pre *out = NULL;
+
+    pthread_mutex_lock(&k->mu);
+    for (struct qc_pre *p = k->index[pre_bucket(qid)]; p != NULL; p = p->hnext) {
         if (strcmp(p->qid, qid) != 0)
             continue;
-        if (loop_now(c) - p->at_ms >= QC_PRE_AGE_MS) {
-            pre_drop(c, p);
-            return NULL;
+        if (cache_now() - p->at_ms >= QC_PRE_AGE_MS) {
+            pre_drop(k, p);
+            break;
         }
-        return p;
+        out = calloc(1, sizeof(*out));
+        uint8_t *buf = out ? malloc(p->rec_len + p->body_len + 1) : NULL;
+        if (buf == NULL) {
+            free(out);
+            out = NULL;
+            break;
+        }
+        *out = *p;
+        memcpy(buf, p->rec, p->rec_len + p->body_len);
+        out->rec = buf;
+        out->body = buf + p->rec_len;
+        out->prev = out->next = out->hnext = NULL;
+        if (--p->uses_left == 0)
+            pre_drop(k, p);
+        break;
     }
-    return NULL;
+    pthread_mutex_unlock(&k->mu);
+    return out;
 }
 
 /* claim_take_item turns the work item |item| (of message |qid| in shard |smsg|, destination
@@ -1688,15 +1754,16 @@ static void claim_take_item(struct qc_claim *cl, const char *item, size_t item_l
     l->tries = tries;
     l->crashes = crashes;
     l->expires_ms = (int64_t)now + c->lease_ms;
-    struct qc_pre *pre = pre_find(c, qid);
+    struct qc_pre *pre = pre_take(c, qid);
     if (pre != NULL) {
-        /* Split by this consumer moments ago: the record read then (no READ). */
+        /* Split moments ago, by this consumer or another of the cache's: the record read then
+         * (no READ). */
         cl->taken++;
         item_loaded(cl, l, (const char *)pre->rec, pre->rec_len, pre->ver, pre->ver_len,
                     pre->has_body ? (const char *)pre->body : NULL, pre->body_len);
         c->st.prefetched++;
-        if (--pre->uses_left == 0)
-            pre_drop(c, pre);
+        free(pre->rec);
+        free(pre);
         return;
     }
     char pmax[16];
@@ -3972,6 +4039,13 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
     c->anchor = calloc(c->shards, sizeof(*c->anchor));
     if (c->busy_hint == NULL || c->more_hint == NULL || c->anchor == NULL)
         goto nomem;
+    c->cache = cfg->cache;
+    if (c->cache == NULL) {
+        c->cache = queue_consumer_cache_new(QC_PRE_MAX);
+        c->own_cache = true;
+        if (c->cache == NULL)
+            goto nomem;
+    }
     if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
         c->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)c;
     if (queue_conn_init(&c->rc, &c->loop, &qc_conn_ops, c, cfg->address, cfg->username,
@@ -3982,6 +4056,8 @@ struct queue_consumer *queue_consumer_new(const struct queue_consumer_config *cf
 nomem:
     snprintf(err, errlen, "out of memory");
 err:
+    if (c->own_cache)
+        queue_consumer_cache_free(c->cache);
     free(c->busy_hint);
     free(c->more_hint);
     free(c->anchor);
@@ -4001,8 +4077,8 @@ void queue_consumer_free(struct queue_consumer *c)
         job_del(c, j);
         j->destroy(j);
     }
-    while (c->pre_head != NULL)
-        pre_drop(c, c->pre_head);
+    if (c->own_cache)
+        queue_consumer_cache_free(c->cache);
     free(c->busy_hint);
     free(c->more_hint);
     free(c->anchor);

@@ -96,14 +96,31 @@ struct queue_consumer_config {
      * call). It must not free the consumer. */
     void (*event_cb)(void *arg, const struct queue_consumer_event *ev);
     void *event_arg;
+    /* cache, when set, is the record cache this consumer shares with the other consumers of the
+     * process (queue_consumer_cache_new); it must outlive them. NULL: a cache of its own. */
+    struct queue_consumer_cache *cache;
 };
+
+/* queue_consumer_cache keeps, for a few seconds, the record and first body chunk that a claim
+ * read when it split a new message, so that the message's work items, when claimed, start from
+ * them instead of reading the record again. Thread-safe: one per process lets every worker's
+ * consumer use what any of them read. */
+struct queue_consumer_cache;
+
+/* queue_consumer_cache_new creates a cache of at most |max_bytes| octets of records and chunks
+ * (0: 4 MiB). Returns NULL when out of memory. */
+struct queue_consumer_cache *queue_consumer_cache_new(size_t max_bytes);
+
+/* queue_consumer_cache_free frees |k| (NULL is a no-op); no consumer may use it any more. */
+void queue_consumer_cache_free(struct queue_consumer_cache *k);
 
 /* queue_consumer_stats are the counters of one consumer. */
 struct queue_consumer_stats {
     uint64_t cmds_sent, replies, errors, dropped, timeouts, connects, disconnects;
     uint64_t claimed;        /* work items leased and handed out */
-    uint64_t prefetched;     /* of the items leased, those that started from the record the same
-                                claim read to split their message (no READ of their own) */
+    uint64_t prefetched;     /* of the items leased, those that started from the record the
+                                claim that split their message read, kept in the record cache
+                                (no READ of their own) */
     uint64_t adopted;        /* new messages split into work items */
     uint64_t adopt_leased;   /* of the items leased, those leased by the split itself (no CLAIM) */
     uint64_t delivered;      /* recipients delivered */

@@ -1833,6 +1833,58 @@ static void test_claim_bulk(void **state)
     queue_consumer_free(c);
 }
 
+/* Consumers that share a record cache (the workers of one node) claim each other's split
+ * items without a READ: A splits 20 messages of one destination and leases only one item, B
+ * claims the 19 others from the records A read. With caches of their own, B reads all of them
+ * (the control). Completing from the shared copies removes every message. */
+static void test_shared_cache(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    struct queue_consumer_config ca, cb;
+    struct queue_consumer_stats sb0, sb1;
+    struct bulk_res ra, rb;
+    char qid[CMTP_QID_MAX + 1];
+    const char *dom[] = {"shared.example", NULL};
+
+    for (int shared = 0; shared < 2; shared++) {
+        struct queue_consumer_cache *k = shared ? queue_consumer_cache_new(0) : NULL;
+        if (shared)
+            assert_non_null(k);
+        ccfg(&ca, "nodeA");
+        ccfg(&cb, "nodeB");
+        ca.cache = cb.cache = k;
+        ca.concurrency_per_dest = cb.concurrency_per_dest = 2; /* ADOPT leases below half: 1 */
+        struct queue_consumer *A = copen(&ca), *B = copen(&cb);
+        for (int i = 0; i < N; i++) {
+            struct qmsg *m = msg_to(200 + (size_t)i, dom);
+            send_msg(m, qid);
+            qmsg_free(m);
+        }
+        bulk_claim(A, 1, &ra);
+        assert_int_equal(ra.n, 1);
+        size_t done = 0;
+        for (size_t i = 0; i < ra.n; i++, done++)
+            finish(ra.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+        free(ra.l);
+        queue_consumer_get_stats(B, &sb0);
+        for (int round = 0; round < 40 && done < N; round++) {
+            bulk_claim(B, 8, &rb);
+            for (size_t i = 0; i < rb.n; i++, done++)
+                finish(rb.l[i], QUEUE_CONSUMER_DELIVERED, NULL);
+            free(rb.l);
+        }
+        assert_int_equal(done, N);
+        queue_consumer_get_stats(B, &sb1);
+        assert_int_equal(sb1.claimed - sb0.claimed, N - 1);
+        assert_int_equal(sb1.prefetched - sb0.prefetched, shared ? N - 1 : 0);
+        assert_int_equal(count_keys_with(":env:"), 0);
+        queue_consumer_free(A);
+        queue_consumer_free(B);
+        queue_consumer_cache_free(k);
+    }
+}
+
 /* FINISHN over more entries than one batched command takes (512), run directly: 600 leased
  * entries of one shard, a third of them work items of d.test (the rest new messages), of which 5
  * carry a stale token (not ours: untouched), 5 are released (due again now), 6 retried (due again
@@ -2319,6 +2371,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_finishn_bulk, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_done_batched, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_blocked_run, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_shared_cache, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_config_and_misuse, test_setup, test_teardown),
