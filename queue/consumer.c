@@ -2541,11 +2541,14 @@ static void on_finb(struct queue_consumer *c, void *ctx, uintptr_t tag, const re
 static void fin_send(struct queue_consumer *c)
 {
     unsigned shard = c->fin_head->l->shard_item;
-    size_t n = 0;
-    struct qc_finb *b = malloc(sizeof(*b) + QC_FIN_BATCH_MAX * sizeof(b->d[0]));
-    const char **args = calloc(5 * QC_FIN_BATCH_MAX, sizeof(*args));
-    size_t *lens = calloc(5 * QC_FIN_BATCH_MAX, sizeof(*lens));
-    char(*delays)[24] = calloc(QC_FIN_BATCH_MAX, sizeof(*delays));
+    size_t n = 0, want = 0;
+    /* Sized for this shard's batch: this runs once per home shard per loop iteration. */
+    for (struct qc_done *d = c->fin_head; d != NULL && want < QC_FIN_BATCH_MAX; d = d->fin_next)
+        want += d->l->shard_item == shard;
+    struct qc_finb *b = malloc(sizeof(*b) + want * sizeof(b->d[0]));
+    const char **args = malloc(5 * want * sizeof(*args));
+    size_t *lens = malloc(5 * want * sizeof(*lens));
+    char(*delays)[24] = malloc(want * sizeof(*delays));
 
     if (b == NULL || args == NULL || lens == NULL || delays == NULL) {
         struct qc_done *d = c->fin_head;
@@ -2561,7 +2564,7 @@ static void fin_send(struct queue_consumer *c)
     c->fin_tail = NULL;
     for (struct qc_done **pp = &c->fin_head; *pp != NULL;) {
         struct qc_done *d = *pp;
-        if (d->l->shard_item != shard || n == QC_FIN_BATCH_MAX) {
+        if (d->l->shard_item != shard || n == want) {
             c->fin_tail = d;
             pp = &d->fin_next;
             continue;
